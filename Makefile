@@ -1,0 +1,46 @@
+# `make demo` and `make test` each do all set-up on a fresh machine, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.unime-installed
+TINY := artifacts/tiny
+DEMO_DATA := artifacts/demo_data
+
+# Nothing is downloaded at run time: models and data are built here.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint clean
+
+$(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) tools/cpu_shims.py
+	touch $@
+
+$(TINY)/manifest.json: $(SETUP_STAMP) unime/tiny.py unime/demo_data.py unime/prompts.py
+	$(PY) -m unime.tiny build $(TINY)
+
+$(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo_data.py
+	rm -rf $(DEMO_DATA)
+	$(PY) -m unime.demo_data $(DEMO_DATA)
+
+setup: $(SETUP_STAMP) $(TINY)/manifest.json $(DEMO_DATA)/manifest.json
+
+demo: setup
+	$(PY) ray_jobs/full_pipeline.py --config configs/demo.yaml
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration"
+
+lint: $(SETUP_STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf artifacts runs

@@ -1,0 +1,256 @@
+"""One config system: typed dataclasses, loaded from YAML, with dotted command-line overrides.
+
+``load_config("configs/demo.yaml", ["train_embedder.lr=1e-4"])`` returns a validated
+:class:`PipelineConfig`. Unknown keys, wrong types and out-of-range values fail with the
+dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from unime.data.images import ImageLimits
+from unime.demo_data import DemoCorpusConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    """Where the corpus lives. Paths are local or ``s3://``; images hang off ``image_root``."""
+
+    train: list[str] = field(default_factory=list)
+    eval_dir: str = ""
+    eval_subsets: list[str] | None = None
+    image_root: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+
+@dataclass
+class ModelsConfig:
+    """Checkpoints by hub id or path. ``min/max_pixels`` override the processor's bounds."""
+
+    embedder: str = "Qwen/Qwen2-VL-2B-Instruct"
+    judge: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    reranker: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+@dataclass
+class RayConfig:
+    """``address``: None starts or joins a local Ray; "auto" joins a running cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    include_dashboard: bool = True
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    """Offline set-up for the embedded default: the demo corpus and the tiny checkpoints."""
+
+    enabled: bool = False
+    corpus_dir: str = "artifacts/demo_data"
+    checkpoints_dir: str = "artifacts/tiny"
+    corpus: DemoCorpusConfig = field(default_factory=DemoCorpusConfig)
+    checkpoint_seed: int = 0
+
+
+@dataclass
+class MiningConfig:
+    """Global retrieval and hard-negative mining (METHOD.md sections 2 and 4)."""
+
+    pool_size: int = 50
+    num_negatives: int = 10
+    beta: float = 0.01
+    global_pool: bool = True
+    index: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = 4096
+    ivf_nprobe: int = 64
+
+    def __post_init__(self):
+        _check(self.pool_size >= self.num_negatives > 0, "pool_size", "needs pool_size >= num_negatives > 0")
+        _check(self.beta >= 0, "beta", "must be >= 0")
+
+
+@dataclass
+class JudgeConfig:
+    """MLLM-as-a-judge (METHOD.md section 3); pixel bounds of the released reranker code."""
+
+    backend: Literal["vllm", "hf"] = "vllm"
+    batch_size: int = 51
+    num_actors: int = 1
+    num_gpus_per_actor: float = 1.0
+    num_cpus_per_actor: float = 1.0
+    max_model_len: int = 8192
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 300 * 28 * 28
+
+
+@dataclass
+class EmbedderTrainConfig:
+    """UniME-V2 embedder training (METHOD.md section 5): paper values as defaults."""
+
+    num_workers: int = 8
+    use_gpu: bool = True
+    queries_per_worker: int = 64
+    num_hard_negatives: int = 8
+    temperature: float = 0.02
+    infonce_weight: float = 0.0
+    lr: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    lora_r: int = 16
+    lora_alpha: int = 64
+    lora_dropout: float = 0.1
+    use_dora: bool = True
+    full_finetune: bool = False
+    gradcache_chunk: int = 16
+    checkpoint_every: int = 200
+
+    def __post_init__(self):
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(0 < self.num_hard_negatives <= 10, "num_hard_negatives", "must be in 1..10")
+
+
+@dataclass
+class RerankerTrainConfig:
+    """UniME-V2 reranker training (METHOD.md section 6): paper values as defaults."""
+
+    num_workers: int = 8
+    use_gpu: bool = True
+    effective_batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    listwise_candidates: int = 5
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/default"
+    stages: list[str] = field(default_factory=lambda: ["ingest"])
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    train_embedder: EmbedderTrainConfig = field(default_factory=EmbedderTrainConfig)
+    train_reranker: RerankerTrainConfig = field(default_factory=RerankerTrainConfig)
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {k: _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, path)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{path}: expected {annotation.__name__}, got bool")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{path}: expected {annotation.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data, checking every key and type."""
+    where = path or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    values = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}.{exc}" if path else str(exc)) from None
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` to nested dicts; the value is parsed as YAML (1e-4, true, [a, b])."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    key, raw = override.split("=", 1)
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    value = yaml.safe_load(raw)
+    # YAML reads "1e-4" as a string (it wants "1.0e-4"); numbers users type should be numbers.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for override in overrides or []:
+        apply_override(data, override)
+    try:
+        return from_dict(PipelineConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or '<defaults>'}: {exc}") from None

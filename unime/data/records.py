@@ -1,0 +1,135 @@
+"""Row normalisation and validation for pairs, mined records and eval rows.
+
+Each ``normalise_*`` takes one raw row (a dict from JSON, JSONL or parquet) and returns
+the canonical row, or raises :class:`RowError` naming the offending field. Readers turn
+those errors into quarantine rows, so input rows = good rows + quarantined rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from unime.data.ids import item_id
+from unime.prompts import strip_image_placeholders
+
+ROW = "<row>"  # the field name for problems with a row as a whole
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+# MMEB-train field names -> UniME-V2 names.
+PAIR_ALIASES = {"qry": "query_text", "qry_image_path": "query_image", "pos_image_path": "pos_image"}
+MINED_FIELDS = ("query_text", "query_image", "pos_text", "pos_image", "query_pos_scores", "hard_negatives",
+                "hard_negatives_scores")
+
+
+class RowError(ValueError):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def as_text(value: Any, field: str) -> str:
+    """A UTF-8 string field; None means empty. Bytes are decoded strictly."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RowError(field, f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if not isinstance(value, str):
+        raise RowError(field, f"expected a string, got {type(value).__name__}")
+    if _SURROGATES.search(value):
+        raise RowError(field, "text is not valid UTF-8")
+    return value
+
+
+def _required(raw: dict, field: str) -> Any:
+    if field not in raw:
+        raise RowError(field, "missing field")
+    return raw[field]
+
+
+def as_score(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(field, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise RowError(field, f"score is not finite: {value}")
+    return float(value)
+
+
+def _is_empty(text: str, image: str) -> bool:
+    return not strip_image_placeholders(text) and not image
+
+
+def normalise_pair(raw: Any, dataset: str) -> dict:
+    """A training pair in UniME-V2 names, with content ids for the query and its positive."""
+    if not isinstance(raw, dict):
+        raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
+    raw = {PAIR_ALIASES.get(k, k): v for k, v in raw.items()}
+    row = {f: as_text(_required(raw, f), f) for f in ("query_text", "pos_text")}
+    row.update({f: as_text(raw.get(f), f) for f in ("query_image", "pos_image")})
+    if _is_empty(row["query_text"], row["query_image"]):
+        raise RowError("query_text", "empty query: no text and no image")
+    if _is_empty(row["pos_text"], row["pos_image"]):
+        raise RowError("pos_text", "empty positive: no text and no image")
+    row["dataset"] = as_text(raw.get("dataset"), "dataset") or dataset
+    row["query_id"] = item_id(row["query_text"], row["query_image"])
+    row["pos_id"] = item_id(row["pos_text"], row["pos_image"])
+    return row
+
+
+def normalise_mined(raw: Any) -> dict:
+    """A released-format mined record, validated; values are returned as given (no coercion)."""
+    if not isinstance(raw, dict):
+        raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
+    for field in ("query_text", "pos_text"):
+        as_text(_required(raw, field), field)
+    for field in ("query_image", "pos_image"):
+        as_text(raw.get(field), field)
+    as_score(_required(raw, "query_pos_scores"), "query_pos_scores")
+    negatives, scores = _required(raw, "hard_negatives"), _required(raw, "hard_negatives_scores")
+    if not isinstance(negatives, list):
+        raise RowError("hard_negatives", f"expected a list, got {type(negatives).__name__}")
+    for k, pair in enumerate(negatives):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise RowError("hard_negatives", f"entry {k} is not a [text, image] pair")
+        as_text(pair[0], "hard_negatives")
+        as_text(pair[1], "hard_negatives")
+    if not isinstance(scores, list) or len(scores) != len(negatives):
+        raise RowError("hard_negatives_scores", f"expected {len(negatives)} scores, one per hard negative")
+    for score in scores:
+        as_score(score, "hard_negatives_scores")
+    return raw
+
+
+def normalise_eval(raw: Any, dataset: str) -> dict:
+    """An MMEB-eval row: query plus its own candidate list, the positive at index 0."""
+    if not isinstance(raw, dict):
+        raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
+    row = {"qry_text": as_text(_required(raw, "qry_text"), "qry_text"),
+           "qry_img_path": as_text(raw.get("qry_img_path"), "qry_img_path")}
+    for field in ("tgt_text", "tgt_img_path"):
+        values = _required(raw, field)
+        if not isinstance(values, (list, tuple)):
+            raise RowError(field, f"expected a list, got {type(values).__name__}")
+        row[field] = [as_text(v, field) for v in values]
+    if not row["tgt_text"]:
+        raise RowError("tgt_text", "no candidates")
+    if len(row["tgt_text"]) != len(row["tgt_img_path"]):
+        raise RowError("tgt_img_path", f"{len(row['tgt_img_path'])} image paths for {len(row['tgt_text'])} texts")
+    if _is_empty(row["qry_text"], row["qry_img_path"]):
+        raise RowError("qry_text", "empty query: no text and no image")
+    row["dataset"] = dataset
+    return row
+
+
+def image_fields(kind: str, row: dict) -> list[tuple[str, str]]:
+    """(field, image path) for every image a canonical row references."""
+    if kind == "pairs":
+        return [("query_image", row["query_image"]), ("pos_image", row["pos_image"])]
+    if kind == "mined":
+        pairs = [("query_image", row.get("query_image") or ""), ("pos_image", row.get("pos_image") or "")]
+        return pairs + [("hard_negatives", pair[1] or "") for pair in row["hard_negatives"]]
+    return [("qry_img_path", row["qry_img_path"])] + [("tgt_img_path", p) for p in row["tgt_img_path"]]

@@ -1,0 +1,64 @@
+"""Local paths and object stores (``s3://``) through fsspec, one way for every reader and writer."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def filesystem(path: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding ``path`` and the path inside it.
+
+    ``storage_options`` go to the filesystem, e.g. ``{"endpoint_url": ...}`` for an S3 API
+    other than AWS (s3fs takes ``endpoint_url`` and credentials as ``key``/``secret``).
+    """
+    return url_to_fs(str(path), **(storage_options or {}))
+
+
+def open_file(path: str, mode: str = "rb", storage_options: dict[str, Any] | None = None):
+    fs, inner = filesystem(path, storage_options)
+    if "w" in mode:
+        parent = posixpath.dirname(inner)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+    return fs.open(inner, mode)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs alike (forward slashes)."""
+    base = str(base)
+    return posixpath.join(base.rstrip("/") if base not in ("", "/") else base, *parts)
+
+
+def exists(path: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, inner = filesystem(path, storage_options)
+    return fs.exists(inner)
+
+
+def list_files(path: str, suffixes: tuple[str, ...], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """``path`` itself if it is a file, else every file under it ending in one of ``suffixes``, sorted."""
+    fs, inner = filesystem(path, storage_options)
+    if not fs.exists(inner):
+        raise FileNotFoundError(f"input not found: {path}")
+    if fs.isfile(inner):
+        return [str(path)]
+    found = sorted(p for p in fs.find(inner) if p.endswith(suffixes))
+    protocol = str(path).split("://", 1)[0] if is_remote(path) else None
+    return [f"{protocol}://{p}" if protocol else p for p in found]
+
+
+def write_bytes(path: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    with open_file(path, "wb", storage_options) as handle:
+        handle.write(data)
+
+
+def read_bytes(path: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    with open_file(path, "rb", storage_options) as handle:
+        return handle.read()

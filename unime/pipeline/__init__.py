@@ -1,0 +1,1 @@
+"""Pipeline plumbing: stage manifests, Ray start-up, and the stages themselves."""

@@ -1,0 +1,42 @@
+"""Stage manifests: what a stage consumed, with which config, and what it wrote.
+
+A stage whose manifest records the same fingerprint (inputs + config) is complete and is
+skipped on rerun; a manifest is written last, so a crashed stage has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from unime.data.storage import exists, join, read_bytes, write_bytes
+
+
+def fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def manifest_path(run_dir: str, stage: str) -> str:
+    return join(run_dir, stage, "manifest.json")
+
+
+def read_manifest(run_dir: str, stage: str, storage_options: dict | None = None) -> dict | None:
+    path = manifest_path(run_dir, stage)
+    if not exists(path, storage_options):
+        return None
+    return json.loads(read_bytes(path, storage_options))
+
+
+def is_complete(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> bool:
+    manifest = read_manifest(run_dir, stage, storage_options)
+    return manifest is not None and manifest.get("fingerprint") == stage_fingerprint
+
+
+def write_manifest(run_dir: str, stage: str, stage_fingerprint: str, body: dict,
+                   storage_options: dict | None = None) -> dict:
+    manifest = {"stage": stage, "fingerprint": stage_fingerprint, "finished_at": time.time(), **body}
+    write_bytes(manifest_path(run_dir, stage), json.dumps(manifest, indent=2, default=str).encode() + b"\n",
+                storage_options)
+    return manifest
