@@ -7,6 +7,7 @@ dotted path of the offending field.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -234,10 +235,8 @@ def apply_override(data: dict, override: str) -> None:
     value = yaml.safe_load(raw)
     # YAML reads "1e-4" as a string (it wants "1.0e-4"); numbers users type should be numbers.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
     node[leaf] = value
 
 

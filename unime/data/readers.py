@@ -93,8 +93,13 @@ def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any]]:
 
 
 def read_rows(path: str, kind: str, image_root: str = "", limits: ImageLimits | None = None,
-              storage_options: dict[str, Any] | None = None, checker: ImageChecker | None = None) -> ReadResult:
-    """Read one file of ``kind`` ("pairs", "mined" or "eval"), validating rows and images."""
+              storage_options: dict[str, Any] | None = None, checker: ImageChecker | None = None,
+              check_images: bool = True) -> ReadResult:
+    """Read one file of ``kind`` ("pairs", "mined" or "eval"), validating rows and images.
+
+    ``check_images=False`` validates rows only (e.g. converting a released score file
+    whose images live elsewhere).
+    """
     dataset = dataset_name(path)
     normalise = {"pairs": lambda r: normalise_pair(r, dataset), "mined": normalise_mined,
                  "eval": lambda r: normalise_eval(r, dataset)}[kind]
@@ -106,7 +111,7 @@ def read_rows(path: str, kind: str, image_root: str = "", limits: ImageLimits | 
             if isinstance(raw, RowError):
                 raise raw
             row = normalise(raw)
-            for name, image in image_fields(kind, row):
+            for name, image in image_fields(kind, row) if check_images else []:
                 if (reason := checker.problem(image)) is not None:
                     raise RowError(name, reason)
         except RowError as err:

@@ -57,6 +57,7 @@ def _pyarrow_fs(path: str, storage_options: dict):
 def run(data: DataConfig, run_dir: str) -> dict:
     """Run (or skip, when its manifest matches) the ingest stage; returns the manifest."""
     import ray.data
+    from ray.data.expressions import col
 
     files = input_files(data)
     if not files:
@@ -69,10 +70,10 @@ def run(data: DataConfig, run_dir: str) -> dict:
     tagged = tagged.map_batches(ingest_files, batch_format="numpy", batch_size=1, fn_kwargs={
         "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
     }).materialize()
-    markers = tagged.filter(lambda r: r["row_index"] == -1).to_pandas()
-    rows = tagged.filter(lambda r: r["row_index"] != -1)
-    good = rows.filter(lambda r: not r["quarantined"]).select_columns(schemas.PAIR.names)
-    bad = rows.filter(lambda r: r["quarantined"]).select_columns(schemas.QUARANTINE.names)
+    markers = tagged.filter(expr=col("row_index") == -1).to_pandas()
+    rows = tagged.filter(expr=col("row_index") != -1)
+    good = rows.filter(expr=col("quarantined") == False).select_columns(schemas.PAIR.names)  # noqa: E712
+    bad = rows.filter(expr=col("quarantined") == True).select_columns(schemas.QUARANTINE.names)  # noqa: E712
     counts = _write_outputs(good, bad, run_dir, data.storage_options)
     counts["input_rows"] = int(markers["input_rows"].sum())
     if counts["input_rows"] != counts["good_rows"] + counts["quarantined_rows"]:

@@ -1,0 +1,131 @@
+"""Every kind of bad input becomes a quarantine row naming source, row and field; a corrupt
+file as a whole fails naming the file; input rows = good rows + quarantined rows, always."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from unime.data import CorruptFileError, ImageLimits, read_eval, read_mined, read_pairs
+
+GOOD = {"query_text": "<|image_1|>\nFind a caption.\n", "query_image": "ok.png", "pos_text": "a red circle",
+        "pos_image": ""}
+
+
+def png(size=(16, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zero_width_png() -> bytes:
+    data = bytearray(png((4, 4)))
+    data[16:20] = struct.pack(">I", 0)  # IHDR width
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "ok.png").write_bytes(png())
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "truncated.png").write_bytes(png((64, 64))[:60])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "zero.png").write_bytes(zero_width_png())
+    (tmp_path / "huge.png").write_bytes(png((300, 300)))
+    return tmp_path
+
+
+# (raw JSONL line, field, reason fragment)
+BAD_LINES = [
+    (json.dumps(GOOD | {"query_image": "missing.png"}), "query_image", "image file not found"),
+    (json.dumps(GOOD | {"query_image": "corrupt.png"}), "query_image", "cannot decode image"),
+    (json.dumps(GOOD | {"query_image": "truncated.png"}), "query_image", "cannot decode image"),
+    (json.dumps(GOOD | {"query_image": "empty.png"}), "query_image", "empty (0 bytes)"),
+    (json.dumps(GOOD | {"query_image": "zero.png"}), "query_image", "cannot decode image"),
+    (json.dumps(GOOD | {"query_image": "huge.png"}), "query_image", "exceeds max_pixels=10000"),
+    (json.dumps(GOOD | {"query_text": "  <|image_1|> ", "query_image": ""}), "query_text", "empty query"),
+    (json.dumps(GOOD | {"pos_text": "", "pos_image": None}), "pos_text", "empty positive"),
+    (json.dumps(GOOD | {"pos_text": ["a", "list"]}), "pos_text", "expected a string, got list"),
+    (json.dumps(GOOD | {"query_image": 5}), "query_image", "expected a string, got int"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "pos_text"}), "pos_text", "missing field"),
+    ('{"query_text": "cut off', "<row>", "malformed JSON"),
+    ("[1, 2, 3]", "<row>", "expected an object, got list"),
+]
+NON_UTF8_LINE = b'{"query_text": "caf\xe9 au lait", "pos_text": "a drink"}'
+
+
+def test_each_bad_row_kind_is_quarantined_with_its_reason(root):
+    lines = [json.dumps(GOOD)] + [line for line, _, _ in BAD_LINES] + [json.dumps(GOOD | {"pos_text": "b"})]
+    (root / "set.jsonl").write_bytes("\n".join(lines).encode() + b"\n" + NON_UTF8_LINE + b"\n")
+    table, result = read_pairs(str(root / "set.jsonl"), image_root=str(root),
+                               limits=ImageLimits(max_pixels=10_000))
+    assert table.num_rows == 2
+    assert result.input_rows == len(lines) + 1 == table.num_rows + len(result.quarantine)
+    by_row = {q["row_index"]: q for q in result.quarantine}
+    for offset, (_, field, reason) in enumerate(BAD_LINES, start=1):
+        assert by_row[offset]["field"] == field, by_row[offset]
+        assert reason in by_row[offset]["reason"], by_row[offset]
+        assert by_row[offset]["source"].endswith("set.jsonl")
+    assert by_row[len(lines)]["field"] == "query_text" and "not valid UTF-8" in by_row[len(lines)]["reason"]
+
+
+def test_non_utf8_in_a_json_array_and_in_parquet_bytes(root):
+    (root / "arr.json").write_bytes(b"[" + json.dumps(GOOD).encode() + b", " + NON_UTF8_LINE + b"]")
+    table, result = read_pairs(str(root / "arr.json"), image_root=str(root))
+    assert table.num_rows == 1 and result.quarantine[0]["row_index"] == 1
+    binary = pa.table({"query_text": pa.array([b"fine", b"\xff\xfe bad"], pa.binary()),
+                       "pos_text": pa.array([b"x", b"y"], pa.binary())})
+    pq.write_table(binary, root / "bin.parquet")
+    table, result = read_pairs(str(root / "bin.parquet"), image_root=str(root))
+    assert table.column("query_text").to_pylist() == ["fine"]
+    assert result.quarantine == [{"source": str(root / "bin.parquet"), "row_index": 1, "field": "query_text",
+                                  "reason": "text is not valid UTF-8 (invalid start byte at byte 0)"}]
+
+
+def test_byte_limit(root):
+    (root / "one.jsonl").write_text(json.dumps(GOOD) + "\n")
+    _, result = read_pairs(str(root / "one.jsonl"), image_root=str(root), limits=ImageLimits(max_bytes=10))
+    assert "exceeds max_bytes=10" in result.quarantine[0]["reason"]
+
+
+def test_mined_and_eval_rows_are_validated(root):
+    mined = [{"query_text": "q", "query_image": "", "pos_text": "p", "pos_image": "", "query_pos_scores": 0.9,
+              "hard_negatives": [["n", ""]], "hard_negatives_scores": [0.1]}]
+    mined.append(mined[0] | {"hard_negatives_scores": [0.1, 0.2]})
+    mined.append(mined[0] | {"query_pos_scores": "high"})
+    mined.append(mined[0] | {"hard_negatives": [["n", "missing.png"]]})
+    mined.append(mined[0] | {"hard_negatives": [["only text"]]})
+    (root / "mined.json").write_text(json.dumps(mined))
+    records, _, result = read_mined(str(root / "mined.json"), image_root=str(root))
+    assert len(records) == 1 and result.input_rows == 5
+    assert [(q["row_index"], q["field"]) for q in result.quarantine] == [
+        (1, "hard_negatives_scores"), (2, "query_pos_scores"), (3, "hard_negatives"), (4, "hard_negatives")]
+    rows = [{"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": ["", ""]},
+            {"qry_text": "q", "qry_img_path": "", "tgt_text": ["a", "b"], "tgt_img_path": [""]},
+            {"qry_text": "q", "qry_img_path": "", "tgt_text": [], "tgt_img_path": []},
+            {"qry_text": "q", "qry_img_path": "", "tgt_text": ["a"], "tgt_img_path": ["corrupt.png"]}]
+    (root / "eval" / "Set").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / "eval" / "Set" / "test-00000.parquet")
+    tables, result = read_eval(str(root / "eval"), image_root=str(root))
+    assert tables["Set"].num_rows == 1
+    assert [q["field"] for q in result.quarantine] == ["tgt_img_path", "tgt_text", "tgt_img_path"]
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("broken.parquet", b"PAR1 definitely not parquet"),
+    ("broken.json", b'[{"query_text": "a"'),
+    ("broken.jsonl", b"not json\nnor this\n"),
+    ("object.json", b'{"query_text": "a single object, not an array"}'),
+])
+def test_a_corrupt_file_fails_naming_the_file(root, name, content):
+    (root / name).write_bytes(content)
+    with pytest.raises(CorruptFileError, match=name):
+        read_pairs(str(root / name), image_root=str(root))

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from unime.config import ConfigError, PipelineConfig, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"demo.yaml", "qwen2vl_2b.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_yaml_loads_and_validates(path):
+    config = load_config(path)
+    assert isinstance(config, PipelineConfig)
+    assert config.stages
+
+
+def test_paper_settings_in_the_cluster_config():
+    config = load_config(Path(__file__).parent.parent / "configs" / "qwen2vl_2b.yaml")
+    assert (config.mining.pool_size, config.mining.num_negatives, config.mining.beta) == (50, 10, 0.01)
+    train = config.train_embedder
+    assert (train.lora_r, train.lora_alpha, train.lora_dropout, train.use_dora) == (16, 64, 0.1, True)
+    assert (train.lr, train.warmup_steps, train.max_steps, train.temperature) == (1e-4, 200, 2000, 0.02)
+    assert (config.train_reranker.lora_r, config.train_reranker.lora_alpha) == (128, 256)
+
+
+def test_dotted_overrides_are_typed():
+    config = load_config(None, ["train_embedder.lr=3e-5", "mining.beta=0", "data.train=[a, s3://b/c]",
+                                "models.min_pixels=null", "ray.num_cpus=2"])
+    assert config.train_embedder.lr == 3e-5 and isinstance(config.mining.beta, float)
+    assert config.data.train == ["a", "s3://b/c"]
+    assert config.models.min_pixels is None and config.ray.num_cpus == 2
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("mining.beta=-0.5", "mining.beta: must be >= 0"),
+    ("mining.colour=red", "mining: unknown key(s) ['colour']"),
+    ("models.dtype=fp8", "models.dtype: 'fp8' is not one of"),
+    ("train_embedder.max_steps=lots", "train_embedder.max_steps: expected int, got str"),
+    ("ray.num_cpus=true", "ray.num_cpus"),
+    ("data.limits.max_pixels=[1]", "data.limits.max_pixels: expected int, got list"),
+    ("mining.pool_size=5", "mining.pool_size: needs pool_size >= num_negatives"),
+    ("nonsense", "expected dotted.key=value"),
+])
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mining: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
