@@ -1,0 +1,161 @@
+"""Global retrieval of the potential hard-negative pool (METHOD.md section 2), on FAISS.
+
+For each query the pool is the ``k`` most similar candidates among those strictly less
+similar than the query's own positive: the positive is never returned, and anything at
+least as similar as the positive is a likely false negative and is dropped first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ShardSource = np.ndarray | Sequence["np.ndarray | Callable[[], np.ndarray]"]
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """``flat`` is exact; ``ivf`` clusters into ``nlist`` lists and probes ``nprobe`` of them."""
+
+    kind: str = "flat"
+    nlist: int = 4096
+    nprobe: int = 64
+    use_gpu: bool | None = None  # None: on when CUDA and faiss GPU support are both present
+    train_size: int = 262_144
+
+    def __post_init__(self):
+        if self.kind not in ("flat", "ivf"):
+            raise ValueError(f"index kind {self.kind!r}: expected 'flat' or 'ivf'")
+
+
+def _shards(candidates: ShardSource) -> Iterable[np.ndarray]:
+    """Yield candidate shards one at a time; callables are loaded only when reached."""
+    if isinstance(candidates, np.ndarray):
+        yield candidates
+        return
+    for shard in candidates:
+        yield np.asarray(shard() if callable(shard) else shard)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _gpu_ready(spec: IndexSpec) -> bool:
+    import faiss
+
+    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if spec.use_gpu and not available:
+        raise RuntimeError("use_gpu=True but this faiss build sees no GPU")
+    return available if spec.use_gpu is None else spec.use_gpu
+
+
+def _to_device(index, spec: IndexSpec):
+    import faiss
+
+    return faiss.index_cpu_to_all_gpus(index) if _gpu_ready(spec) else index
+
+
+def positive_similarities(queries: np.ndarray, candidates: ShardSource, positive_ids: np.ndarray) -> np.ndarray:
+    """<q_i, c_{positive_ids[i]}> for every query, streaming the shards once."""
+    sims = np.full(len(queries), np.nan, dtype=np.float32)
+    offset = 0
+    for shard in _shards(candidates):
+        inside = (positive_ids >= offset) & (positive_ids < offset + len(shard))
+        rows = positive_ids[inside] - offset
+        sims[inside] = np.einsum("ij,ij->i", _f32(queries[inside]), _f32(shard[rows]))
+        offset += len(shard)
+    if np.isnan(sims).any() or (positive_ids < 0).any():
+        bad = np.flatnonzero(np.isnan(sims) | (positive_ids < 0))[:5]
+        raise IndexError(f"positive_ids out of range for {offset} candidates (queries {bad.tolist()} ...)")
+    return sims
+
+
+def _search_below(index, queries, pos_sims, pos_rows, row_offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` per query among results with sim < the positive's and row != the positive's.
+
+    Everything at least as similar as the positive ranks first, so the search widens
+    (doubling) for the queries whose valid results run short until the index is exhausted.
+    """
+    n_queries, total = len(queries), index.ntotal
+    rows, sims = np.full((n_queries, k), -1, np.int64), np.full((n_queries, k), -np.inf, np.float32)
+    pending, width = np.arange(n_queries), min(total, k + 8)
+    while pending.size and width > 0:
+        found_sims, found = index.search(queries[pending], width)
+        found = np.where(found >= 0, found + row_offset, -1)
+        valid = (found >= 0) & (found_sims < pos_sims[pending, None]) & (found != pos_rows[pending, None])
+        done = (valid.sum(1) >= k) | (width >= total)
+        for local in np.flatnonzero(done):
+            keep = np.flatnonzero(valid[local])[:k]
+            rows[pending[local], : keep.size] = found[local, keep]
+            sims[pending[local], : keep.size] = found_sims[local, keep]
+        pending, width = pending[~done], min(total, width * 2)
+    return rows, sims
+
+
+def _merge(rows_a, sims_a, rows_b, sims_b, k: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, sims = np.concatenate([rows_a, rows_b], 1), np.concatenate([sims_a, sims_b], 1)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rows, order, 1), np.take_along_axis(sims, order, 1)
+
+
+def _flat_streaming(queries, candidates, pos_sims, pos_rows, k, spec):
+    import faiss
+
+    rows = np.full((len(queries), k), -1, np.int64)
+    sims = np.full((len(queries), k), -np.inf, np.float32)
+    offset = 0
+    for shard in _shards(candidates):  # one shard in memory at a time
+        index = faiss.IndexFlatIP(shard.shape[1])
+        index.add(_f32(shard))
+        shard_rows, shard_sims = _search_below(_to_device(index, spec), queries, pos_sims, pos_rows, offset, k)
+        rows, sims = _merge(rows, sims, shard_rows, shard_sims, k)
+        offset += len(shard)
+    return rows, sims
+
+
+def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
+    import faiss
+
+    index = None
+    for shard in _shards(candidates):
+        shard = _f32(shard)
+        if index is None:  # train the coarse quantiser on the first shard(s)' sample
+            quantiser = faiss.IndexFlatIP(shard.shape[1])
+            nlist = max(1, min(spec.nlist, len(shard) // 39))  # FAISS wants >= 39 points per list
+            index = faiss.IndexIVFFlat(quantiser, shard.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(shard[: spec.train_size])
+        index.add(shard)
+    index.nprobe = min(spec.nprobe, index.nlist)
+    return _search_below(_to_device(index, spec), queries, pos_sims, pos_rows, 0, k)
+
+
+def retrieve_pool(query_embeddings: np.ndarray, candidate_embeddings: ShardSource, positive_ids,
+                  k: int = 50, index: IndexSpec | str = "flat") -> tuple[np.ndarray, np.ndarray]:
+    """The potential hard-negative pool of every query.
+
+    Args:
+        query_embeddings: ``[Q, D]`` L2-normalised query embeddings.
+        candidate_embeddings: ``[N, D]`` L2-normalised candidates, or a sequence of shards
+            (arrays, or zero-argument callables that load one) whose concatenation is the
+            pool; shards are visited one at a time.
+        positive_ids: ``[Q]`` row of each query's positive in the concatenated pool.
+        k: pool size per query.
+        index: ``"flat"`` (exact), ``"ivf"``, or an :class:`IndexSpec`.
+
+    Returns:
+        ``(rows, similarities)``, each ``[Q, k]``, best first; row -1 and similarity -inf
+        where fewer than ``k`` candidates qualify. Inner product, the positive never
+        appears, and candidates with similarity >= the query-positive similarity are
+        dropped before the top-k.
+    """
+    spec = IndexSpec(kind=index) if isinstance(index, str) else index
+    queries = _f32(query_embeddings)
+    positive_ids = np.asarray(positive_ids, dtype=np.int64)
+    if len(positive_ids) != len(queries):
+        raise ValueError(f"{len(positive_ids)} positive ids for {len(queries)} queries")
+    pos_sims = positive_similarities(queries, candidate_embeddings, positive_ids)
+    search = _flat_streaming if spec.kind == "flat" else _ivf
+    return search(queries, candidate_embeddings, pos_sims, positive_ids, k, spec)

@@ -1,0 +1,32 @@
+"""Hard-negative selection with the judge's false-negative filter (METHOD.md section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def select_hard_negatives(candidate_ids: Sequence, scores: Sequence[float], positive_score: float,
+                          num_negatives: int = 10, beta: float = 0.01) -> tuple[list, list[float]]:
+    """Choose a query's hard negatives from its judged pool.
+
+    Args:
+        candidate_ids: the pool in retrieval-rank order (best first).
+        scores: judge P(Yes) of each candidate, aligned with ``candidate_ids``.
+        positive_score: judge P(Yes) of the query's positive.
+        num_negatives: how many to return.
+        beta: false-negative margin: a candidate with ``score > positive_score - beta``
+            is treated as a false negative and dropped.
+
+    Returns:
+        ``(ids, scores)``: the first ``num_negatives`` survivors in rank order; when fewer
+        survive they repeat cyclically (A, B, A, B, ...) to fill; when none survive both
+        lists are empty and the caller skips the query.
+    """
+    if len(candidate_ids) != len(scores):
+        raise ValueError(f"{len(candidate_ids)} candidates but {len(scores)} scores")
+    threshold = positive_score - beta
+    survivors = [(cid, float(s)) for cid, s in zip(candidate_ids, scores) if not s > threshold]
+    if not survivors:
+        return [], []
+    chosen = [survivors[i % len(survivors)] for i in range(num_negatives)]
+    return [cid for cid, _ in chosen], [s for _, s in chosen]
