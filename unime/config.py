@@ -72,6 +72,40 @@ class DemoConfig:
 
 
 @dataclass
+class ActorConfig:
+    """Where a model stage's actors run: pool size and per-actor resources.
+
+    ``resources`` names custom node resources (e.g. ``{"judge_gpu": 1}``) so that a stage
+    lands only on the node type that offers them.
+    """
+
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_cpus", "resources must be >= 0")
+
+
+@dataclass
+class EmbedConfig:
+    """The embed stage: an off-the-shelf embedder (``model``; default ``models.embedder``)."""
+
+    model: str | None = None
+    batch_size: int = 32
+    actors: ActorConfig = field(default_factory=ActorConfig)
+
+
+@dataclass
+class FaultInjection:
+    """Deliberate failures for recovery tests and drills; all off by default."""
+
+    judge_fail_after_shards: int | None = None
+
+
+@dataclass
 class MiningConfig:
     """Global retrieval and hard-negative mining (METHOD.md sections 2 and 4)."""
 
@@ -82,6 +116,7 @@ class MiningConfig:
     index: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = 4096
     ivf_nprobe: int = 64
+    query_chunk: int = 65536
 
     def __post_init__(self):
         _check(self.pool_size >= self.num_negatives > 0, "pool_size", "needs pool_size >= num_negatives > 0")
@@ -90,16 +125,22 @@ class MiningConfig:
 
 @dataclass
 class JudgeConfig:
-    """MLLM-as-a-judge (METHOD.md section 3); pixel bounds of the released reranker code."""
+    """MLLM-as-a-judge (METHOD.md section 3); pixel bounds of the released reranker code.
+
+    Queries are judged in shards of ``shard_size`` queries, each committed to its own file;
+    ``queries_per_call`` queries (each with its positive and pool) go to the engine at once.
+    """
 
     backend: Literal["vllm", "hf"] = "vllm"
-    batch_size: int = 51
-    num_actors: int = 1
-    num_gpus_per_actor: float = 1.0
-    num_cpus_per_actor: float = 1.0
+    model: str | None = None
+    shard_size: int = 1000
+    queries_per_call: int = 8
+    hf_batch_size: int = 16
     max_model_len: int = 8192
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 300 * 28 * 28
+    kv_cache_gib: float = 4.0
+    actors: ActorConfig = field(default_factory=lambda: ActorConfig(num_gpus=1.0))
 
 
 @dataclass
@@ -152,10 +193,12 @@ class PipelineConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train_embedder: EmbedderTrainConfig = field(default_factory=EmbedderTrainConfig)
     train_reranker: RerankerTrainConfig = field(default_factory=RerankerTrainConfig)
+    faults: FaultInjection = field(default_factory=FaultInjection)
 
 
 def _check(condition: bool, name: str, message: str) -> None:

@@ -1,6 +1,26 @@
-"""MLLM-as-a-judge: the judge prompt and P(Yes) scoring of query-candidate pairs."""
+"""MLLM-as-a-judge: the judge prompt and P(Yes) scoring of query-candidate pairs.
 
-from unime.judge.hf import HFJudge, yes_no_token_ids
+Two backends behind one interface, ``score(chats) -> P(Yes) per chat``: ``hf``
+(transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching).
+"""
+
+from unime.judge.hf import HFJudge, p_yes, yes_no_token_ids
 from unime.judge.prompts import build_judge_messages, message_images, strip_image_placeholders
 
-__all__ = ["HFJudge", "build_judge_messages", "message_images", "strip_image_placeholders", "yes_no_token_ids"]
+
+def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: str = "auto", **options):
+    """A judge backend by name; ``options`` carry backend-specific settings."""
+    pixel_bounds = {k: options.get(k) for k in ("min_pixels", "max_pixels")}
+    if backend == "hf":
+        return HFJudge(name_or_path, dtype=dtype, device=device, **pixel_bounds)
+    if backend == "vllm":
+        from unime.judge.vllm_backend import VLLMJudge
+
+        return VLLMJudge(name_or_path, dtype=dtype, max_model_len=options.get("max_model_len", 8192),
+                         kv_cache_gib=options.get("kv_cache_gib", 4.0),
+                         prefix_caching=options.get("prefix_caching", True), **pixel_bounds)
+    raise ValueError(f"unknown judge backend {backend!r}; expected 'hf' or 'vllm'")
+
+
+__all__ = ["HFJudge", "build_judge_messages", "make_judge", "message_images", "p_yes",
+           "strip_image_placeholders", "yes_no_token_ids"]

@@ -41,10 +41,18 @@ class HFJudge:
         return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
 
     @torch.inference_mode()
-    def score(self, chats: list[list[dict]], images_of=message_images) -> np.ndarray:
-        """P(Yes) for each chat; images in the chats must already be PIL images."""
-        images = [image for chat in chats for image in images_of(chat)]
+    def score(self, chats: list[list[dict]], batch_size: int | None = None) -> np.ndarray:
+        """P(Yes) for each chat, ``batch_size`` chats per forward (all at once by default).
+
+        Images in the chats must already be PIL images.
+        """
+        step = batch_size or max(1, len(chats))
+        scores = [self._score_batch(chats[i: i + step]) for i in range(0, len(chats), step)]
+        return np.concatenate(scores) if scores else np.zeros(0)
+
+    def _score_batch(self, chats: list[list[dict]]) -> np.ndarray:
+        images = [image for chat in chats for image in message_images(chat)]
         batch = self.processor(text=self.prompt_texts(chats), images=images or None, padding=True,
                                return_tensors="pt").to(self.model.device)
         logits = self.model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
-        return p_yes(logits, self.yes_id, self.no_id).cpu().numpy()
+        return p_yes(logits, self.yes_id, self.no_id).double().cpu().numpy()

@@ -18,6 +18,7 @@ from unime.data.images import ImageChecker, ImageLimits
 from unime.data.readers import SUFFIXES, read_rows
 from unime.data.storage import filesystem, join, list_files
 from unime.pipeline import manifest
+from unime.pipeline.common import pyarrow_filesystem
 
 STAGE = "ingest"
 STATUS_FIELDS = [("quarantined", pa.bool_()), ("field", pa.string()), ("reason", pa.string()),
@@ -45,13 +46,6 @@ def input_files(data: DataConfig) -> list[dict]:
         fs, inner = filesystem(path, data.storage_options)
         described.append({"path": path, "size": fs.size(inner)})
     return described
-
-
-def _pyarrow_fs(path: str, storage_options: dict):
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, inner = filesystem(path, storage_options)
-    return PyFileSystem(FSSpecHandler(fs)), inner
 
 
 def run(data: DataConfig, run_dir: str) -> dict:
@@ -86,7 +80,7 @@ def run(data: DataConfig, run_dir: str) -> dict:
 def _write_outputs(good, bad, run_dir: str, storage_options: dict) -> dict:
     counts = {}
     for name, dataset, key in (("pairs", good, "good_rows"), ("quarantine", bad, "quarantined_rows")):
-        fs, inner = _pyarrow_fs(join(run_dir, STAGE, name), storage_options)
+        fs, inner = pyarrow_filesystem(join(run_dir, STAGE, name), storage_options)
         fs.delete_dir_contents(inner, missing_dir_ok=True)  # leftovers of a crashed attempt
         counts[key] = dataset.count()
         if counts[key]:

@@ -1,0 +1,67 @@
+"""The vLLM judge backend: one engine per Ray actor, one generated token, Yes/No logprobs.
+
+Prompts are rendered with the checkpoint's own chat template (the same text the HF backend
+feeds the model), and a query's positive and pool are submitted in one ``generate`` call
+with automatic prefix caching on, so the shared prefix (instruction, query image, query
+text) is computed once per query instead of once per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from unime.judge.hf import yes_no_token_ids
+from unime.judge.prompts import message_images
+
+
+def p_yes_from_logprobs(logprob_yes: float, logprob_no: float) -> float:
+    """softmax([l_yes, l_no])[0] from log-probabilities (the shared normaliser cancels)."""
+    top = max(logprob_yes, logprob_no)
+    yes, no = math.exp(logprob_yes - top), math.exp(logprob_no - top)
+    return yes / (yes + no)
+
+
+class VLLMJudge:
+    """A frozen MLLM judge served by a vLLM engine in this process."""
+
+    def __init__(self, name_or_path: str, dtype: str = "float32", max_model_len: int = 8192,
+                 min_pixels: int | None = None, max_pixels: int | None = None, prefix_caching: bool = True,
+                 kv_cache_gib: float = 4.0, max_images_per_prompt: int = 2, seed: int = 0):
+        # One engine per Ray actor: run the engine core in this process (no extra spawn, which
+        # also fails under pytest / Ray workers whose __main__ cannot be re-imported).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))
+        import torch
+        from vllm import LLM, SamplingParams
+
+        from unime.models.processor import load_processor
+
+        pixel_bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        self.processor = load_processor(name_or_path, **pixel_bounds)
+        self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
+        self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                       enable_prefix_caching=prefix_caching, enforce_eager=not torch.cuda.is_available(),
+                       limit_mm_per_prompt={"image": max_images_per_prompt},
+                       mm_processor_kwargs=pixel_bounds or None)
+        # logprobs must equal the number of requested ids.
+        self.params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
+                                     logprob_token_ids=[self.yes_id, self.no_id])
+
+    def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
+        return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+
+    def score(self, chats: list[list[dict]]) -> np.ndarray:
+        """P(Yes) for each chat, all chats in one engine call; images must be PIL images."""
+        prompts = []
+        for text, chat in zip(self.prompt_texts(chats), chats):
+            images = message_images(chat)
+            prompts.append({"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text})
+        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        scores = []
+        for output in outputs:
+            logprobs = output.outputs[0].logprobs[0]
+            scores.append(p_yes_from_logprobs(logprobs[self.yes_id].logprob, logprobs[self.no_id].logprob))
+        return np.asarray(scores, dtype=np.float64)

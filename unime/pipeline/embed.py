@@ -1,0 +1,110 @@
+"""Embed stage: every unique query and candidate of the ingested pairs, once, on an actor pool.
+
+Items are de-duplicated by content id (a candidate shared by several datasets is embedded
+once) and sorted by an input-length estimate, so that each batch pads little. Output:
+parquet shards ``(id, is_candidate, embedding)`` under ``<run_dir>/embed/embeddings/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from unime.config import PipelineConfig
+from unime.data.images import ImageLimits
+from unime.data.storage import join
+from unime.pipeline import ingest, manifest
+from unime.pipeline.common import (
+    ImageCache,
+    actor_options,
+    embeddings_column,
+    pyarrow_filesystem,
+    read_parquet_dir,
+)
+
+STAGE = "embed"
+IMAGE_LENGTH = 256  # characters an image weighs in the length estimate (a few hundred tokens)
+
+
+def unique_items(pairs: pa.Table) -> pa.Table:
+    """Queries and positives as one item table, one row per content id, shortest first."""
+    def part(prefix: str, is_candidate: bool) -> pa.Table:
+        return pa.table({"id": pairs[f"{prefix}_id"], "text": pairs[f"{prefix}_text"],
+                         "image": pairs[f"{prefix}_image"],
+                         "is_candidate": pa.array([is_candidate] * pairs.num_rows, pa.bool_())})
+
+    items = pa.concat_tables([part("query", False), part("pos", True)])
+    merged = items.group_by("id", use_threads=False).aggregate(
+        [("text", "first"), ("image", "first"), ("is_candidate", "max")])
+    merged = pa.table({"id": merged["id"], "text": merged["text_first"], "image": merged["image_first"],
+                       "is_candidate": merged["is_candidate_max"]})
+    length = pc.add(pc.utf8_length(merged["text"]),
+                    pc.multiply(pc.cast(pc.not_equal(merged["image"], ""), pa.int32()), IMAGE_LENGTH))
+    return merged.append_column("length", length).sort_by([("length", "ascending"), ("id", "ascending")])
+
+
+class EmbedBatch:
+    """Ray Data callable class: loads the embedder once, embeds batches of items."""
+
+    def __init__(self, model: str, dtype: str, device: str, min_pixels, max_pixels, image_root: str,
+                 limits: dict, storage_options: dict):
+        from unime.models import Embedder
+
+        self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from unime.models import EmbedItem
+
+        items = [EmbedItem(text, self.images.get(image)) for text, image in
+                 zip(batch["text"].to_pylist(), batch["image"].to_pylist())]
+        vectors = self.embedder.encode(items)
+        return pa.table({"id": batch["id"], "is_candidate": batch["is_candidate"],
+                         "embedding": embeddings_column(vectors)})
+
+
+def run(config: PipelineConfig) -> dict:
+    import ray.data
+
+    data, run_dir = config.data, config.run_dir
+    upstream = manifest.read_manifest(run_dir, ingest.STAGE, data.storage_options)
+    if upstream is None:
+        raise RuntimeError(f"embed needs the ingest stage's output under {run_dir}")
+    model = config.embed.model or config.models.embedder
+    stage_fingerprint = manifest.fingerprint({"ingest": upstream["fingerprint"], "model": model,
+                                              "models": asdict(config.models), "embed": asdict(config.embed)})
+    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
+        return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
+
+    pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options)
+    items = unique_items(pairs)
+    out = output_path(run_dir)
+    fs, inner = pyarrow_filesystem(out, data.storage_options)
+    fs.delete_dir_contents(inner, missing_dir_ok=True)
+    blocks = max(1, min(config.embed.actors.num_actors * 4, items.num_rows // config.embed.batch_size))
+    dataset = ray.data.from_arrow(items.drop_columns(["length"])).repartition(blocks)
+    dataset = dataset.map_batches(
+        EmbedBatch, batch_format="pyarrow", batch_size=config.embed.batch_size,
+        fn_constructor_kwargs={
+            "model": model, "dtype": config.models.dtype, "device": config.models.device,
+            "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
+            "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
+        },
+        **actor_options(config.embed.actors))
+    dataset.write_parquet(inner, filesystem=fs)
+    written = read_parquet_dir(out, data.storage_options, columns=["id"]).num_rows
+    if written != items.num_rows:
+        raise RuntimeError(f"embed wrote {written} embeddings for {items.num_rows} items")
+    counts = {"pairs": pairs.num_rows, "items": items.num_rows,
+              "candidates": int(pc.sum(items["is_candidate"]).as_py()),
+              "query_only_items": int(pc.sum(pc.invert(items["is_candidate"])).as_py()),
+              "mean_length": float(np.mean(items["length"].to_numpy())) if items.num_rows else 0.0}
+    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts, "model": model},
+                                   data.storage_options) | {"skipped": False}
+
+
+def output_path(run_dir: str) -> str:
+    return join(run_dir, STAGE, "embeddings")

@@ -1,0 +1,171 @@
+"""Judge stage: P(Yes) of every (query, candidate) pair that mining needs (METHOD.md section 3).
+
+Each query is judged against its positive and its pool (~51 pairs). Pairs are grouped by
+query, queries are cut into shards of ``judge.shard_size``, and an actor pool (one judge
+engine per actor, loaded once) scores shard after shard, writing each shard's scores to its
+own file as it finishes. A rerun after a crash scores only the shards without a file.
+
+Layout under ``<run_dir>/judge/``: ``requests/shard-NNNNN.parquet`` (what to judge),
+``scores/shard-NNNNN.parquet`` (``query_id, candidate_id, score``), ``progress.json``
+(the fingerprint the shards belong to) and, when all shards are in, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+
+from unime.config import PipelineConfig
+from unime.data.images import ImageLimits
+from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
+from unime.judge import build_judge_messages, make_judge
+from unime.pipeline import embed, ingest, manifest, retrieve
+from unime.pipeline.common import ImageCache, actor_options, read_parquet_dir, write_parquet
+
+STAGE = "judge"
+SCORES = pa.schema([("query_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64())])
+
+
+def judge_requests(pools: pa.Table, items: pa.Table) -> pa.Table:
+    """One row per query: its text and image, and every candidate to judge (positive first)."""
+    text_of = dict(zip(items["id"].to_pylist(), items["text"].to_pylist()))
+    image_of = dict(zip(items["id"].to_pylist(), items["image"].to_pylist()))
+    candidates: dict[str, dict[str, None]] = {}
+    for query, pos, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
+                                pools["pool_ids"].to_pylist()):
+        candidates.setdefault(query, {}).update(dict.fromkeys([pos, *pool]))
+    queries = sorted(candidates)
+    cand_lists = [list(candidates[q]) for q in queries]
+    return pa.table({
+        "query_id": queries,
+        "query_text": [text_of[q] for q in queries],
+        "query_image": [image_of[q] for q in queries],
+        "candidate_ids": cand_lists,
+        "candidate_texts": [[text_of[c] for c in cands] for cands in cand_lists],
+        "candidate_images": [[image_of[c] for c in cands] for cands in cand_lists],
+    })
+
+
+def shard_path(run_dir: str, kind: str, shard: int) -> str:
+    return join(run_dir, STAGE, kind, f"shard-{shard:05d}.parquet")
+
+
+class JudgeShards:
+    """Ray Data callable class: one judge engine per actor; scores and commits whole shards."""
+
+    def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
+                 image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
+                 hf_batch_size: int, fail_after_shards: int | None = None):
+        self.judge = make_judge(backend, model, dtype=dtype, device=device, **judge_options)
+        self.backend, self.run_dir, self.storage_options = backend, run_dir, storage_options
+        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+        self.queries_per_call, self.hf_batch_size = queries_per_call, hf_batch_size
+        self.fail_after_shards, self.shards_done = fail_after_shards, 0
+
+    def score_requests(self, requests: pa.Table) -> pa.Table:
+        rows = requests.to_pylist()
+        query_ids, candidate_ids, scores = [], [], []
+        for start in range(0, len(rows), self.queries_per_call):
+            chats = []
+            for row in rows[start: start + self.queries_per_call]:
+                query_image = self.images.get(row["query_image"])
+                for cand, text, image in zip(row["candidate_ids"], row["candidate_texts"], row["candidate_images"]):
+                    chats.append(build_judge_messages(row["query_text"], query_image, text, self.images.get(image)))
+                    query_ids.append(row["query_id"])
+                    candidate_ids.append(cand)
+            # vLLM: all chats of these queries in one call (shared prefixes cached); HF: fixed batches.
+            batch = {"batch_size": self.hf_batch_size} if self.backend == "hf" else {}
+            scores.append(self.judge.score(chats, **batch))
+        values = np.concatenate(scores) if scores else np.zeros(0)
+        return pa.table({"query_id": query_ids, "candidate_id": candidate_ids, "score": values}, schema=SCORES)
+
+    def __call__(self, batch: dict) -> dict:
+        done, pairs, seconds = [], [], []
+        for shard in batch["shard"].tolist():
+            if self.fail_after_shards is not None and self.shards_done >= self.fail_after_shards:
+                raise RuntimeError(f"injected judge failure after {self.shards_done} shards (faults config)")
+            started = time.perf_counter()
+            requests = read_parquet_dir(shard_path(self.run_dir, "requests", shard), self.storage_options)
+            scores = self.score_requests(requests)
+            write_parquet(scores, shard_path(self.run_dir, "scores", shard), self.storage_options)
+            self.shards_done += 1
+            done.append(shard)
+            pairs.append(scores.num_rows)
+            seconds.append(time.perf_counter() - started)
+        return {"shard": np.array(done), "pairs": np.array(pairs), "seconds": np.array(seconds)}
+
+
+def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]:
+    judge = asdict(config.judge)
+    judge.pop("actors")  # where the actors run changes nothing they write
+    model = config.judge.model or config.models.judge
+    return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model,
+                                 "dtype": config.models.dtype}), model
+
+
+def _prepare_shards(config: PipelineConfig, stage_fingerprint: str) -> int:
+    """Write the request shards once per fingerprint; discard shards of any other fingerprint."""
+    run_dir, options = config.run_dir, config.data.storage_options
+    progress_path = join(run_dir, STAGE, "progress.json")
+    if exists(progress_path, options):
+        progress = json.loads(read_bytes(progress_path, options))
+        if progress["fingerprint"] == stage_fingerprint:
+            return progress["shards"]
+    fs, inner = filesystem(join(run_dir, STAGE), options)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+    pools = read_parquet_dir(retrieve.output_path(run_dir), options)
+    pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options)
+    requests = judge_requests(pools, embed.unique_items(pairs))
+    size = config.judge.shard_size
+    shards = (requests.num_rows + size - 1) // size
+    for shard in range(shards):
+        write_parquet(requests.slice(shard * size, size), shard_path(run_dir, "requests", shard), options)
+    write_bytes(progress_path, json.dumps({"fingerprint": stage_fingerprint, "shards": shards}).encode(), options)
+    return shards
+
+
+def run(config: PipelineConfig) -> dict:
+    import ray.data
+
+    data, run_dir, options = config.data, config.run_dir, config.data.storage_options
+    upstream = manifest.read_manifest(run_dir, retrieve.STAGE, options)
+    if upstream is None:
+        raise RuntimeError(f"judge needs the retrieve stage's output under {run_dir}")
+    stage_fingerprint, model = _stage_fingerprint(config, upstream["fingerprint"])
+    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
+        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
+
+    shards = _prepare_shards(config, stage_fingerprint)
+    pending = [s for s in range(shards) if not exists(shard_path(run_dir, "scores", s), options)]
+    scored = []
+    if pending:
+        judge = config.judge
+        dataset = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+        scored = dataset.map_batches(JudgeShards, batch_size=1, batch_format="numpy", fn_constructor_kwargs={
+            "backend": judge.backend, "model": model, "dtype": config.models.dtype, "device": config.models.device,
+            "judge_options": {"max_model_len": judge.max_model_len, "min_pixels": judge.min_pixels,
+                              "max_pixels": judge.max_pixels, "kv_cache_gib": judge.kv_cache_gib},
+            "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),
+            "storage_options": options, "queries_per_call": judge.queries_per_call,
+            "hf_batch_size": judge.hf_batch_size, "fail_after_shards": config.faults.judge_fail_after_shards,
+        }, **actor_options(judge.actors)).take_all()
+    missing = [s for s in range(shards) if not exists(shard_path(run_dir, "scores", s), options)]
+    if missing:
+        raise RuntimeError(f"judge shards missing after the run: {missing[:10]}")
+    scores = read_parquet_dir(join(run_dir, STAGE, "scores"), options, ["query_id"])
+    counts = {"shards": shards, "shards_scored_this_run": len(scored), "shards_reused": shards - len(pending),
+              "pairs": scores.num_rows,
+              "queries": len(set(scores["query_id"].to_pylist())),
+              "seconds_scoring": float(sum(r["seconds"] for r in scored))}
+    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts, "model": model,
+                                                                       "backend": config.judge.backend},
+                                   options) | {"skipped": False}
+
+
+def read_scores(run_dir: str, storage_options: dict | None = None) -> pa.Table:
+    return read_parquet_dir(join(run_dir, STAGE, "scores"), storage_options)

@@ -1,0 +1,63 @@
+"""The stage registry and the loop that runs a config's stages in order."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from unime.config import PipelineConfig
+from unime.data.storage import is_remote
+from unime.pipeline import embed, ingest, judge, mine, retrieve
+
+STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
+    "ingest": lambda config: ingest.run(config.data, config.run_dir),
+    "embed": embed.run,
+    "retrieve": retrieve.run,
+    "judge": judge.run,
+    "mine": mine.run,
+}
+MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
+
+
+def prepare_demo(config: PipelineConfig) -> None:
+    """Build the demo corpus and the tiny checkpoints once (both are deterministic)."""
+    from unime import demo_data, tiny
+
+    corpus, checkpoints = Path(config.demo.corpus_dir), Path(config.demo.checkpoints_dir)
+    if not (corpus / "manifest.json").exists():
+        print(f"building the demo corpus in {corpus}")
+        demo_data.build(corpus, config.demo.corpus)
+    if not (checkpoints / "manifest.json").exists():
+        print(f"building tiny checkpoints in {checkpoints}")
+        tiny.build(checkpoints, seed=config.demo.checkpoint_seed)
+
+
+def absolute_local_paths(config: PipelineConfig) -> None:
+    """Ray workers may not share the driver's working directory: give them absolute paths."""
+    def fix(path: str) -> str:
+        return path if not path or is_remote(path) else str(Path(path).resolve())
+
+    config.run_dir = fix(config.run_dir)
+    config.data.train = [fix(p) for p in config.data.train]
+    config.data.eval_dir, config.data.image_root = fix(config.data.eval_dir), fix(config.data.image_root)
+    for role in ("embedder", "judge", "reranker"):
+        path = getattr(config.models, role)
+        if Path(path).exists():
+            setattr(config.models, role, fix(path))
+
+
+def run_stages(config: PipelineConfig, stages: list[str] | None = None, log=print) -> dict[str, dict]:
+    """Run ``stages`` (default: the config's) in order; each skips itself when complete."""
+    stages = stages or config.stages
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
+    results = {}
+    for stage in stages:
+        started = time.perf_counter()
+        results[stage] = STAGES[stage](config)
+        state = "skipped (manifest matches)" if results[stage].get("skipped") else "done"
+        log(f"[{stage}] {state} in {time.perf_counter() - started:.1f}s: {json.dumps(results[stage].get('rows', {}))}")
+    return results
