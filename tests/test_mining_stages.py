@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import STAGES, mining_config, run_all
+from tests.helpers import STAGES, mining_config, mining_overrides, run_all
 from unime.data import read_mined
-from unime.pipeline import embed, ingest, judge, manifest, mine
+from unime.pipeline import embed, ingest, judge, manifest, mine, retrieve
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +93,43 @@ def test_killed_judge_resumes_without_rescoring(ray_cluster, demo_dir, tiny_dir,
     mine.run(config)
     crashed = (tmp_path / "crash/mine/mined.json").read_bytes()
     assert crashed == Path(mine.output_paths(reference_config.run_dir)["mined"]).read_bytes()
+
+
+def test_per_dataset_pools_stay_inside_their_dataset(ray_cluster, demo_dir, tiny_dir, tmp_path):
+    config = mining_config(demo_dir, tiny_dir, tmp_path, "mining.global_pool=false")
+    for _name, stage in STAGES[:3]:
+        stage(config)
+    pools = pq.read_table(retrieve.output_path(config.run_dir)).to_pylist()
+    pairs = pq.read_table(ingest.output_paths(config.run_dir)["pairs"]).to_pylist()
+    positives_of: dict[str, set] = {}
+    for pair in pairs:
+        positives_of.setdefault(pair["dataset"], set()).add(pair["pos_id"])
+    assert any(pool["pool_ids"] for pool in pools)
+    for pool in pools:
+        assert set(pool["pool_ids"]) <= positives_of[pool["dataset"]]
+        assert pool["pos_id"] not in pool["pool_ids"]
+
+
+def test_mine_job_runs_from_a_config_on_s3(ray_cluster, s3_server, demo_dir, tiny_dir):
+    """ray_jobs/mine.py end to end with corpus, images and run dir on a (local) S3 API."""
+    import importlib.util
+
+    import fsspec
+
+    s3 = fsspec.filesystem("s3", **s3_server)
+    s3.put(str(demo_dir / "train" / "DemoShapeCls"), "unime-test/corpus/train/", recursive=True)
+    s3.put(str(demo_dir / "images"), "unime-test/corpus/", recursive=True)
+    spec = importlib.util.spec_from_file_location("mine_job", Path(__file__).parent.parent / "ray_jobs" / "mine.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    options = [f"data.storage_options.{k}={v}" for k, v in s3_server.items()]
+    overrides = [o.replace(f"{demo_dir}/train", "s3://unime-test/corpus/train").replace(
+        f"data.image_root={demo_dir}", "data.image_root=s3://unime-test/corpus")
+        for o in mining_overrides(demo_dir, tiny_dir, "s3://unime-test/run")]
+    assert job.main(["--config", str(Path(__file__).parent.parent / "configs" / "demo.yaml"),
+                     "demo.enabled=false", *overrides, *options]) == 0
+    summary = s3.cat("unime-test/run/mine/summary.json")
+    assert b'"pairs_in"' in summary
+    records, _, result = read_mined("s3://unime-test/run/mine/mined.json", image_root="s3://unime-test/corpus",
+                                    storage_options=s3_server)
+    assert not result.quarantine and len(records) > 0

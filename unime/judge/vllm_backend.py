@@ -50,6 +50,15 @@ class VLLMJudge:
         self.params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
                                      logprob_token_ids=[self.yes_id, self.no_id])
 
+    def warm_up(self) -> None:
+        """Run one image prompt: the engine compiles its kernels on the first call (seconds
+        on CPU), which would otherwise land in the first shard's timing."""
+        from PIL import Image
+
+        from unime.judge.prompts import build_judge_messages
+
+        self.score([build_judge_messages("warm-up", Image.new("RGB", (56, 56)), "warm-up", None)])
+
     def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
         return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
 

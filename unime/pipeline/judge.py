@@ -12,8 +12,10 @@ Layout under ``<run_dir>/judge/``: ``requests/shard-NNNNN.parquet`` (what to jud
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -55,48 +57,74 @@ def shard_path(run_dir: str, kind: str, shard: int) -> str:
 
 
 class JudgeShards:
-    """Ray Data callable class: one judge engine per actor; scores and commits whole shards."""
+    """Ray Data callable class: one judge engine per actor; scores and commits whole shards.
+
+    An async actor: several shards are in flight per actor, and while the engine (on its
+    own thread, one call at a time) scores one group of queries, the event loop reads the
+    next requests, decodes their images and renders their prompts on other threads.
+    """
 
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
                  hf_batch_size: int, fail_after_shards: int | None = None):
         self.judge = make_judge(backend, model, dtype=dtype, device=device, **judge_options)
+        if hasattr(self.judge, "warm_up"):
+            self.judge.warm_up()
+        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-engine")
         self.backend, self.run_dir, self.storage_options = backend, run_dir, storage_options
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
         self.queries_per_call, self.hf_batch_size = queries_per_call, hf_batch_size
-        self.fail_after_shards, self.shards_done = fail_after_shards, 0
+        self.fail_after_shards, self.shards_started, self.in_flight = fail_after_shards, 0, 0
 
-    def score_requests(self, requests: pa.Table) -> pa.Table:
+    def build_chats(self, rows: list[dict]) -> tuple[list, list[str], list[str]]:
+        chats, query_ids, candidate_ids = [], [], []
+        for row in rows:
+            query_image = self.images.get(row["query_image"])
+            for cand, text, image in zip(row["candidate_ids"], row["candidate_texts"], row["candidate_images"]):
+                chats.append(build_judge_messages(row["query_text"], query_image, text, self.images.get(image)))
+                query_ids.append(row["query_id"])
+                candidate_ids.append(cand)
+        return chats, query_ids, candidate_ids
+
+    def _score(self, chats: list) -> np.ndarray:
+        # vLLM: all chats of these queries in one call (shared prefixes cached); HF: fixed batches.
+        return self.judge.score(chats, **({"batch_size": self.hf_batch_size} if self.backend == "hf" else {}))
+
+    async def score_requests(self, requests: pa.Table) -> pa.Table:
+        loop = asyncio.get_running_loop()
         rows = requests.to_pylist()
         query_ids, candidate_ids, scores = [], [], []
         for start in range(0, len(rows), self.queries_per_call):
-            chats = []
-            for row in rows[start: start + self.queries_per_call]:
-                query_image = self.images.get(row["query_image"])
-                for cand, text, image in zip(row["candidate_ids"], row["candidate_texts"], row["candidate_images"]):
-                    chats.append(build_judge_messages(row["query_text"], query_image, text, self.images.get(image)))
-                    query_ids.append(row["query_id"])
-                    candidate_ids.append(cand)
-            # vLLM: all chats of these queries in one call (shared prefixes cached); HF: fixed batches.
-            batch = {"batch_size": self.hf_batch_size} if self.backend == "hf" else {}
-            scores.append(self.judge.score(chats, **batch))
+            chats, queries, cands = await asyncio.to_thread(self.build_chats, rows[start: start + self.queries_per_call])
+            scores.append(await loop.run_in_executor(self.engine, self._score, chats))
+            query_ids += queries
+            candidate_ids += cands
         values = np.concatenate(scores) if scores else np.zeros(0)
         return pa.table({"query_id": query_ids, "candidate_id": candidate_ids, "score": values}, schema=SCORES)
 
-    def __call__(self, batch: dict) -> dict:
-        done, pairs, seconds = [], [], []
-        for shard in batch["shard"].tolist():
-            if self.fail_after_shards is not None and self.shards_done >= self.fail_after_shards:
-                raise RuntimeError(f"injected judge failure after {self.shards_done} shards (faults config)")
-            started = time.perf_counter()
-            requests = read_parquet_dir(shard_path(self.run_dir, "requests", shard), self.storage_options)
-            scores = self.score_requests(requests)
-            write_parquet(scores, shard_path(self.run_dir, "scores", shard), self.storage_options)
-            self.shards_done += 1
-            done.append(shard)
-            pairs.append(scores.num_rows)
-            seconds.append(time.perf_counter() - started)
-        return {"shard": np.array(done), "pairs": np.array(pairs), "seconds": np.array(seconds)}
+    async def judge_shard(self, shard: int) -> tuple[int, float, float]:
+        if self.fail_after_shards is not None and self.shards_started >= self.fail_after_shards:
+            while self.in_flight:  # let the shards already started commit, so the drill is exact
+                await asyncio.sleep(0.05)
+            raise RuntimeError(f"injected judge failure after {self.shards_started} shards (faults config)")
+        self.shards_started += 1
+        self.in_flight += 1
+        try:
+            started = time.time()
+            requests = await asyncio.to_thread(
+                read_parquet_dir, shard_path(self.run_dir, "requests", shard), self.storage_options)
+            scores = await self.score_requests(requests)
+            await asyncio.to_thread(write_parquet, scores, shard_path(self.run_dir, "scores", shard),
+                                    self.storage_options)
+            return scores.num_rows, started, time.time()
+        finally:
+            self.in_flight -= 1
+
+    async def __call__(self, batch: dict) -> dict:
+        shards = batch["shard"].tolist()
+        results = [await self.judge_shard(shard) for shard in shards]
+        return {"shard": np.array(shards), "pairs": np.array([r[0] for r in results]),
+                "started_at": np.array([r[1] for r in results]), "finished_at": np.array([r[2] for r in results])}
 
 
 def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]:
@@ -161,7 +189,8 @@ def run(config: PipelineConfig) -> dict:
     counts = {"shards": shards, "shards_scored_this_run": len(scored), "shards_reused": shards - len(pending),
               "pairs": scores.num_rows,
               "queries": len(set(scores["query_id"].to_pylist())),
-              "seconds_scoring": float(sum(r["seconds"] for r in scored))}
+              "seconds_judging": (float(max(r["finished_at"] for r in scored) - min(r["started_at"] for r in scored))
+                                  if scored else 0.0)}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts, "model": model,
                                                                        "backend": config.judge.backend},
                                    options) | {"skipped": False}
