@@ -103,6 +103,7 @@ class FaultInjection:
     """Deliberate failures for recovery tests and drills; all off by default."""
 
     judge_fail_after_shards: int | None = None
+    train_fail_after_step: int | None = None
 
 
 @dataclass
@@ -149,6 +150,8 @@ class EmbedderTrainConfig:
 
     num_workers: int = 8
     use_gpu: bool = True
+    cpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     queries_per_worker: int = 64
     num_hard_negatives: int = 8
     temperature: float = 0.02
@@ -161,8 +164,15 @@ class EmbedderTrainConfig:
     lora_dropout: float = 0.1
     use_dora: bool = True
     full_finetune: bool = False
+    in_batch_negatives: bool = False
+    weight_decay: float = 0.0
+    bf16: bool = True
+    gradient_checkpointing: bool = False
     gradcache_chunk: int = 16
     checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    seed: int = 0
 
     def __post_init__(self):
         _check(self.temperature > 0, "temperature", "must be > 0")

@@ -45,6 +45,20 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+class PooledEncoder(torch.nn.Module):
+    """The embedding forward as a module (what DDP wraps): last-layer hidden state of the
+    last token, L2-normalised. Skips the LM head, which embeddings never need."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch) -> torch.Tensor:
+        outputs = self.model.model(**batch, use_cache=False)
+        pooled = last_token_pool(outputs.last_hidden_state, batch["attention_mask"])
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
 class Embedder:
     """Load a Qwen2-VL-family checkpoint once; embed batches of :class:`EmbedItem`.
 
@@ -59,6 +73,7 @@ class Embedder:
 
         self.model = load_model(name_or_path, dtype=dtype, device=device)
         self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.encoder = PooledEncoder(self.model)
         self.max_length = max_length
 
     @property
@@ -73,9 +88,7 @@ class Embedder:
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Differentiable embeddings ``[B, D]`` of a collated batch."""
-        outputs = self.model.model(**batch, use_cache=False)
-        pooled = last_token_pool(outputs.last_hidden_state, batch["attention_mask"])
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return self.encoder(**batch)
 
     @torch.inference_mode()
     def encode(self, items: list[EmbedItem]) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from unime.config import PipelineConfig
 from unime.data.storage import is_remote
-from unime.pipeline import embed, ingest, judge, mine, retrieve
+from unime.pipeline import embed, ingest, judge, mine, retrieve, train_embedder
 
 STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "ingest": lambda config: ingest.run(config.data, config.run_dir),
@@ -17,6 +17,7 @@ STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "retrieve": retrieve.run,
     "judge": judge.run,
     "mine": mine.run,
+    "train_embedder": train_embedder.run,
 }
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 

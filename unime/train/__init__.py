@@ -1,0 +1,1 @@
+"""Training: GradCache, the embedder and reranker trainers on Ray Train."""
