@@ -52,17 +52,17 @@ def test_loss_falls_and_artefacts_load(demo_dir, tiny_dir, mined, tmp_path):
     assert train_embedder.run(config)["skipped"]
 
 
-def _final_losses(config):
+def _final_progress(config):
     dataset, _ = train_embedder.examples_dataset(config)
     result = train_embedder.make_trainer(config, dataset).fit()
     with result.checkpoint.as_directory() as folder:
-        return json.loads(open(f"{folder}/progress.json").read())["losses"]
+        return json.loads(open(f"{folder}/progress.json").read())
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, tmp_path, storage, request):
     steps = ["train_embedder.max_steps=6", "train_embedder.checkpoint_every=2", "train_embedder.max_failures=1"]
-    reference = _final_losses(train_config(demo_dir, tiny_dir, mined, tmp_path / "clean", *steps))
+    reference = _final_progress(train_config(demo_dir, tiny_dir, mined, tmp_path / "clean", *steps))
     run_dir = tmp_path / "faulty"
     extra = []
     if storage == "s3":
@@ -76,10 +76,11 @@ def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, tm
                                "faults.train_fail_after_step=3")
     else:
         config = train_config(demo_dir, tiny_dir, mined, run_dir, *steps, "faults.train_fail_after_step=3")
-    resumed = _final_losses(config)
-    # steps 1-2 come from the checkpoint; 3-6 were re-run after the failure at step 3
-    assert len(resumed) == len(reference) == 6
-    np.testing.assert_allclose(resumed, reference, rtol=1e-5)
+    resumed = _final_progress(config)
+    # the worker died after step 3; the restarted group resumed from the step-2 checkpoint
+    assert reference["resumed_at"] == [] and resumed["resumed_at"] == [2]
+    assert len(resumed["losses"]) == len(reference["losses"]) == 6
+    np.testing.assert_allclose(resumed["losses"], reference["losses"], rtol=1e-5)
 
 
 def test_two_workers_match_one(demo_dir, tiny_dir, mined, tmp_path):

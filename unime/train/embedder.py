@@ -88,6 +88,7 @@ class EmbedderTrainer:
         self.batches_in_epoch = 0
         self.epoch = 0
         self.losses: list[float] = []
+        self.resumed_at: list[int] = []  # steps this run restarted from (after a failure)
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +150,7 @@ class EmbedderTrainer:
                     "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, folder / "state.pt")
         (folder / "progress.json").write_text(json.dumps({
             "step": self.step_count, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-            "losses": self.losses}))
+            "losses": self.losses, "resumed_at": self.resumed_at}))
         if self.peft is not None:
             self.peft.save_pretrained(folder / "adapter")
 
@@ -166,6 +167,7 @@ class EmbedderTrainer:
         progress = json.loads((folder / "progress.json").read_text())
         self.step_count, self.epoch = progress["step"], progress["epoch"]
         self.batches_in_epoch, self.losses = progress["batches_in_epoch"], progress["losses"]
+        self.resumed_at = progress.get("resumed_at", [])
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -183,6 +185,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if resumed:
         with checkpoint.as_directory() as folder:
             trainer.load_state(folder)
+        trainer.resumed_at.append(trainer.step_count)
     shard = ray.train.get_dataset_shard("train")
     fail_at = loop_config.get("fail_after_step")
     while trainer.step_count < train.max_steps:
