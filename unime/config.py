@@ -185,14 +185,25 @@ class RerankerTrainConfig:
 
     num_workers: int = 8
     use_gpu: bool = True
+    cpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     effective_batch_size: int = 32
+    micro_batch_size: int = 4
     lr: float = 2e-5
     warmup_ratio: float = 0.03
     epochs: int = 1
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05
+    # Full fine-tuning of the language model (vision tower still frozen). For random-init tiny
+    # models: with frozen final norm and LM head, LoRA alone cannot raise the logit scale
+    # enough to fit an answer format.
+    full_finetune: bool = False
     listwise_candidates: int = 5
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    seed: int = 0
 
 
 @dataclass

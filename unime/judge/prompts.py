@@ -7,7 +7,7 @@ from typing import Any
 from unime.prompts import JUDGE_PROMPT, strip_image_placeholders
 
 
-def _item_parts(text: str | None, image: Any) -> list[dict]:
+def item_parts(text: str | None, image: Any) -> list[dict]:
     parts = [] if image is None or image == "" else [{"type": "image", "image": image}]
     text = strip_image_placeholders(text)
     return parts + ([{"type": "text", "text": text}] if text else [])
@@ -20,9 +20,9 @@ def build_judge_messages(query_text: str | None, query_image: Any, cand_text: st
     image placeholders are stripped from the texts.
     """
     content = [{"type": "text", "text": JUDGE_PROMPT}, {"type": "text", "text": "Query:"}]
-    content += _item_parts(query_text, query_image)
+    content += item_parts(query_text, query_image)
     content.append({"type": "text", "text": "Candidate:"})
-    content += _item_parts(cand_text, cand_image)
+    content += item_parts(cand_text, cand_image)
     return [{"role": "user", "content": content}]
 
 

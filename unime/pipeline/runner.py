@@ -9,7 +9,7 @@ from pathlib import Path
 
 from unime.config import PipelineConfig
 from unime.data.storage import is_remote
-from unime.pipeline import embed, ingest, judge, mine, retrieve, train_embedder
+from unime.pipeline import embed, ingest, judge, mine, retrieve, train_embedder, train_reranker
 
 STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "ingest": lambda config: ingest.run(config.data, config.run_dir),
@@ -18,6 +18,7 @@ STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "judge": judge.run,
     "mine": mine.run,
     "train_embedder": train_embedder.run,
+    "train_reranker": train_reranker.run,
 }
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 

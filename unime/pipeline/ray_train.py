@@ -1,0 +1,54 @@
+"""Ray Train plumbing shared by the training stages: trainer construction and publishing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from unime.data.storage import is_remote, join, write_bytes
+from unime.pipeline.common import pyarrow_filesystem
+from unime.train.base import materialise_full, merge_adapter
+
+
+def torch_trainer(loop, loop_config: dict, train, run_dir: str, stage: str, name: str, datasets: dict,
+                  storage_options: dict | None = None):
+    """A ``TorchTrainer``: workers, resources, checkpoint retention and failures from ``train``.
+
+    Checkpoints go under ``<run_dir>/<stage>/ray/<name>`` on local disk or S3.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = join(run_dir, stage, "ray")
+    fs, inner = pyarrow_filesystem(storage, storage_options) if is_remote(storage) else (None, storage)
+    resources = {"CPU": train.cpus_per_worker, **train.resources_per_worker}
+    if train.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=inner, storage_filesystem=fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=train.max_failures)),
+        datasets=datasets,
+    )
+
+
+def publish(result, base_model: str, run_dir: str, stage: str, storage_options: dict | None = None) -> dict:
+    """Copy the final adapter, a merged checkpoint and the loss curve next to the stage manifest."""
+    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
+        folder, local = Path(folder), Path(scratch)
+        progress = json.loads((folder / "progress.json").read_text())
+        if (folder / "adapter").exists():
+            shutil.copytree(folder / "adapter", local / "adapter")
+            merge_adapter(base_model, local / "adapter", local / "merged")
+        else:  # full fine-tuning: the checkpoint holds every trained weight
+            materialise_full(base_model, folder / "state.pt", local / "merged")
+        (local / "losses.json").write_text(json.dumps(progress["losses"]))
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                write_bytes(join(run_dir, stage, path.relative_to(local).as_posix()), path.read_bytes(), storage_options)
+    return progress

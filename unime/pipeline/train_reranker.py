@@ -1,0 +1,63 @@
+"""train_reranker stage: the UniME-V2 reranker on Ray Train from the mined records.
+
+Three chats per record (:func:`unime.train.reranker.reranker_examples`), answer-only
+cross-entropy, LoRA with the vision tower frozen; ``epochs`` passes at the effective batch.
+Artefacts under ``<run_dir>/train_reranker/``: ``adapter/``, ``merged/``, ``losses.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from unime.config import PipelineConfig
+from unime.data.storage import join
+from unime.pipeline import manifest, mine
+from unime.pipeline.common import read_parquet_dir
+from unime.pipeline.ray_train import publish, torch_trainer
+from unime.pipeline.train_embedder import PLACEMENT_KEYS
+from unime.train.reranker import reranker_examples, train_loop_per_worker
+
+STAGE = "train_reranker"
+
+
+def examples(config: PipelineConfig):
+    records = read_parquet_dir(mine.output_paths(config.run_dir)["mined_table"], config.data.storage_options)
+    train = config.train_reranker
+    return reranker_examples(records, train.listwise_candidates, train.seed)
+
+
+def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
+    import ray.data
+
+    train, models, data = config.train_reranker, config.models, config.data
+    max_steps = max(1, train.epochs * table.num_rows // train.effective_batch_size)
+    loop_config = {
+        "model": models.reranker, "train": asdict(train), "max_steps": max_steps,
+        "checkpoint_every": train.checkpoint_every, "fail_after_step": config.faults.train_fail_after_step,
+        "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
+                           "image_root": data.image_root, "limits": asdict(data.limits),
+                           "storage_options": data.storage_options, "seed": train.seed},
+    }
+    return torch_trainer(train_loop_per_worker, loop_config, train, config.run_dir, STAGE, name,
+                         {"train": ray.data.from_arrow(table)}, data.storage_options)
+
+
+def run(config: PipelineConfig) -> dict:
+    run_dir, options = config.run_dir, config.data.storage_options
+    upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
+    if upstream is None:
+        raise RuntimeError(f"train_reranker needs the mine stage's output under {run_dir}")
+    train = {k: v for k, v in asdict(config.train_reranker).items() if k not in PLACEMENT_KEYS}
+    stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": train,
+                                              "model": config.models.reranker, "dtype": config.models.dtype})
+    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
+        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
+    table = examples(config)
+    progress = publish(make_trainer(config, table).fit(), config.models.reranker, run_dir, STAGE, options)
+    losses = progress["losses"]
+    rows = {"examples": table.num_rows, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
+    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+
+
+def output_paths(run_dir: str) -> dict[str, str]:
+    return {name: join(run_dir, STAGE, name) for name in ("adapter", "merged", "losses.json")}

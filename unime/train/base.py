@@ -1,0 +1,149 @@
+"""What every trainer shares: optimiser state, data position, checkpoints, the worker loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+# The language model's attention and MLP projections (not the vision tower's, which share names).
+LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def apply_lora(model, r: int, alpha: int, dropout: float, use_dora: bool = False, full_finetune: bool = False):
+    """LoRA/DoRA (PEFT) on the LM projections, vision tower frozen; or unfreeze everything."""
+    if full_finetune:
+        model.requires_grad_(True)
+        return None
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=use_dora,
+                      target_modules=LM_PROJECTIONS, bias="none")
+    return get_peft_model(model, lora)  # injects the adapters into ``model`` in place
+
+
+class TrainerBase:
+    """One worker's optimisation state. Subclasses set ``model``, ``peft``, ``optimizer``,
+    ``scheduler`` and implement ``step(batch) -> loss``."""
+
+    model: torch.nn.Module
+    peft = None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def __init__(self):
+        self.step_count = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.losses: list[float] = []
+        self.resumed_at: list[int] = []  # steps this run restarted from (after a failure)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_state(self, folder: str | Path) -> None:
+        """Everything a resume needs: trainable weights, optimiser, scheduler, RNG, data position."""
+        folder = Path(folder)
+        torch.save({"weights": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, folder / "state.pt")
+        (folder / "progress.json").write_text(json.dumps({
+            "step": self.step_count, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+            "losses": self.losses, "resumed_at": self.resumed_at}))
+        if self.peft is not None:
+            self.peft.save_pretrained(folder / "adapter")
+
+    def load_state(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        progress = json.loads((folder / "progress.json").read_text())
+        self.step_count, self.epoch = progress["step"], progress["epoch"]
+        self.batches_in_epoch, self.losses = progress["batches_in_epoch"], progress["losses"]
+        self.resumed_at = progress.get("resumed_at", [])
+
+
+def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, checkpoint_every: int,
+                    fail_after_step: int | None = None) -> None:
+    """The Ray Train worker loop: resume, iterate the worker's shard, checkpoint, stop.
+
+    ``batch_size`` rows make one ``trainer.step``; epochs repeat the shard until
+    ``max_steps``. A resumed worker skips the batches its checkpoint had consumed.
+    """
+    import ray.train
+
+    context = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    resumed = checkpoint is not None
+    if resumed:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state(folder)
+        trainer.resumed_at.append(trainer.step_count)
+    shard = ray.train.get_dataset_shard("train")
+    while trainer.step_count < max_steps:
+        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
+        for index, batch in enumerate(batches):
+            if index < trainer.batches_in_epoch:
+                continue  # consumed before the checkpoint this run resumed from
+            loss = trainer.step(batch)
+            if fail_after_step is not None and not resumed and trainer.step_count == fail_after_step:
+                raise RuntimeError(f"injected training failure after step {fail_after_step} (faults config)")
+            if trainer.step_count % checkpoint_every == 0 or trainer.step_count == max_steps:
+                report(trainer, context.get_world_rank(), loss)
+            if trainer.step_count >= max_steps:
+                break
+        else:
+            if trainer.batches_in_epoch == 0:
+                raise RuntimeError("the worker's data shard yielded no full batch; lower the batch size")
+            trainer.epoch, trainer.batches_in_epoch = trainer.epoch + 1, 0
+
+
+def report(trainer: TrainerBase, rank: int, loss: float) -> None:
+    """Report metrics from every worker and a checkpoint from rank 0."""
+    import ray.train
+
+    metrics = {"step": trainer.step_count, "loss": loss, "lr": trainer.scheduler.get_last_lr()[0]}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            trainer.save_state(folder)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def materialise_full(base_model: str, state_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Base checkpoint + fully fine-tuned weights (``state.pt``) -> a checkpoint ``from_pretrained`` loads."""
+    from unime.models import load_model, load_processor
+
+    model = load_model(base_model, dtype=dtype, device="cpu")
+    weights = torch.load(state_file, map_location="cpu", weights_only=False)["weights"]
+    missing = set(weights) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise KeyError(f"trained weights not in {base_model}: {sorted(missing)[:5]}")
+    model.load_state_dict(weights, strict=False)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    load_processor(base_model).save_pretrained(out_dir)
+    return out_dir
+
+
+def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Base checkpoint + LoRA adapter -> a merged checkpoint ``from_pretrained`` loads."""
+    from peft import PeftModel
+
+    from unime.models import load_model, load_processor
+
+    model = PeftModel.from_pretrained(load_model(base_model, dtype=dtype, device="cpu"), str(adapter_dir))
+    out_dir = Path(out_dir)
+    model.merge_and_unload().save_pretrained(out_dir)
+    load_processor(base_model).save_pretrained(out_dir)
+    os.sync()
+    return out_dir

@@ -1,0 +1,118 @@
+"""The UniME-V2 reranker trainer (METHOD.md section 6).
+
+Each mined record yields three chats (pairwise positive -> "Yes", pairwise with the first
+hard negative -> "No", listwise over the first five hard negatives with the positive at a
+random position -> "Ans: (k)"), trained with next-token cross-entropy on the answer tokens
+only. LoRA on the language model's projections, vision tower frozen, AdamW with cosine decay
+after a warm-up, gradient accumulation up to the effective batch.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import torch
+
+from unime.config import RerankerTrainConfig
+from unime.data.images import ImageLimits
+from unime.losses import answer_cross_entropy
+from unime.models import load_model, load_processor
+from unime.pipeline.common import ImageCache
+from unime.rerank.encoding import encode_with_answers
+from unime.rerank.prompts import build_listwise_messages, build_pairwise_messages, training_chats
+from unime.train.base import TrainerBase, apply_lora, run_worker_loop
+
+
+def reranker_examples(records: pa.Table, listwise_candidates: int = 5, seed: int = 0) -> pa.Table:
+    """Mined records -> three training chats each (deterministic for a seed)."""
+    rng = random.Random(seed)
+    rows = [chat for record in records.to_pylist() for chat in training_chats(record, rng, listwise_candidates)]
+    return pa.table({
+        "kind": [r["kind"] for r in rows],
+        "query_text": [r["query"][0] for r in rows],
+        "query_image": [r["query"][1] for r in rows],
+        "cand_texts": [[c[0] for c in r["candidates"]] for r in rows],
+        "cand_images": [[c[1] for c in r["candidates"]] for r in rows],
+        "answer": [r["answer"] for r in rows],
+    })
+
+
+def chat_of(row: dict, images: ImageCache) -> list[dict]:
+    query = (row["query_text"], images.get(row["query_image"]))
+    candidates = [(text, images.get(image)) for text, image in zip(row["cand_texts"], row["cand_images"])]
+    if row["kind"] == "pairwise":
+        return build_pairwise_messages(*query, *candidates[0])
+    return build_listwise_messages(*query, candidates)
+
+
+class RerankerTrainer(TrainerBase):
+    """One worker's reranker state; ``step`` accumulates micro-batches up to the effective batch."""
+
+    def __init__(self, model: str, train: RerankerTrainConfig, max_steps: int, world_size: int = 1,
+                 dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
+                 max_pixels: int | None = None, image_root: str = "", limits: dict | None = None,
+                 storage_options: dict | None = None, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = train
+        self.model = load_model(model, dtype=dtype, device=device).train()
+        self.processor = load_processor(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
+                               full_finetune=train.full_finetune)
+        self.model.model.visual.requires_grad_(False)  # the vision tower stays frozen either way
+        self.module: torch.nn.Module = self.model
+        self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options)
+        per_step = train.micro_batch_size * world_size
+        if train.effective_batch_size % per_step:
+            raise ValueError(f"effective_batch_size {train.effective_batch_size} is not a multiple of "
+                             f"micro_batch_size x workers = {per_step}")
+        self.accumulation = train.effective_batch_size // per_step
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=train.lr)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(train.warmup_ratio * max_steps), max_steps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def micro_loss(self, rows: list[dict]) -> torch.Tensor:
+        batch = encode_with_answers(self.processor, [chat_of(r, self.images) for r in rows], [r["answer"] for r in rows])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        return answer_cross_entropy(self.module(**batch, use_cache=False).logits, labels)
+
+    def step(self, batch: dict) -> float:
+        """One optimiser step over ``effective_batch / workers`` rows, in micro-batches."""
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        rows = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()} for r in rows]
+        self.optimizer.zero_grad(set_to_none=True)
+        size = self.config.micro_batch_size
+        total = 0.0
+        for start in range(0, len(rows), size):
+            loss = self.micro_loss(rows[start: start + size]) / self.accumulation
+            loss.backward()
+            total += float(loss)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        self.batches_in_epoch += 1
+        self.losses.append(total)
+        return total
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker: the reranker under DDP over this worker's data shard."""
+    import ray.train
+    from torch.nn.parallel import DistributedDataParallel
+
+    train = RerankerTrainConfig(**loop_config["train"])
+    world = ray.train.get_context().get_world_size()
+    trainer = RerankerTrainer(loop_config["model"], train, loop_config["max_steps"], world,
+                              **loop_config["trainer_kwargs"])
+    if world > 1:
+        trainer.module = DistributedDataParallel(trainer.module)
+    run_worker_loop(trainer, loop_config["max_steps"], train.effective_batch_size // world,
+                    loop_config.get("checkpoint_every", loop_config["max_steps"]), loop_config.get("fail_after_step"))
