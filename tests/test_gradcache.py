@@ -88,3 +88,23 @@ def test_tiny_embedder_gradcache_matches_plain(tiny_dir):
     assert plain_grads.keys() == cached_grads.keys() and len(plain_grads) > 10
     for name in plain_grads:
         assert torch.allclose(plain_grads[name], cached_grads[name], atol=1e-5, rtol=1e-3), name
+
+
+def test_gradient_checkpointing_keeps_gradients(tiny_dir):
+    """Recomputing activations in backward (gradient checkpointing) changes memory, not math."""
+    from unime.config import EmbedderTrainConfig
+    from unime.train.embedder import EmbedderTrainer
+
+    batch = {"query_text": ["a red circle", "what colour?"], "query_image": ["", ""],
+             "cand_texts": [["x", "y", "z"], ["u", "v", "w"]], "cand_images": [["", "", ""], ["", "", ""]],
+             "judge_scores": [[0.9, 0.2, 0.4], [0.8, 0.1, 0.3]]}
+    results = []
+    for checkpointing in (False, True):
+        config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=0,
+                                     gradient_checkpointing=checkpointing)
+        trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu")
+        loss = trainer.step(batch)
+        results.append((loss, trainer.trainable_state()))
+    assert results[0][0] == results[1][0]
+    for name, value in results[0][1].items():
+        assert torch.allclose(value, results[1][1][name], atol=1e-6), name

@@ -25,7 +25,13 @@ def vllm_judge(tiny_dir):
     pytest.importorskip("vllm")
     from unime.judge.vllm_backend import VLLMJudge
 
-    return VLLMJudge(str(tiny_dir / "judge"), max_model_len=1024, kv_cache_gib=1)
+    judge = VLLMJudge(str(tiny_dir / "judge"), max_model_len=1024, kv_cache_gib=1)
+    yield judge
+    # Release the engine now: a dying engine tears down process-wide state a later one uses.
+    del judge
+    import gc
+
+    gc.collect()
 
 
 def demo_chats(demo_dir):
