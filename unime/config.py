@@ -99,6 +99,27 @@ class EmbedConfig:
 
 
 @dataclass
+class EvalConfig:
+    """MMEB-style evaluation and rerank evaluation.
+
+    ``embedder`` / ``reranker``: None means the trained checkpoint of this run when its
+    training stage has finished, else ``models.embedder`` / ``models.reranker``.
+    """
+
+    embedder: str | None = None
+    reranker: str | None = None
+    subsets: list[str] | None = None
+    rerank: bool = True
+    rerank_k: int = 10
+    rerank_modes: list[Literal["listwise-greedy", "listwise", "pairwise"]] = field(
+        default_factory=lambda: ["listwise-greedy", "listwise", "pairwise"])
+    rerank_backend: Literal["hf", "vllm"] = "hf"
+    groups: Literal["mmeb", "demo"] = "mmeb"
+    compare_with: str | None = None
+    actors: ActorConfig = field(default_factory=ActorConfig)
+
+
+@dataclass
 class FaultInjection:
     """Deliberate failures for recovery tests and drills; all off by default."""
 
@@ -219,6 +240,7 @@ class PipelineConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train_embedder: EmbedderTrainConfig = field(default_factory=EmbedderTrainConfig)
     train_reranker: RerankerTrainConfig = field(default_factory=RerankerTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
 

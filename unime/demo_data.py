@@ -76,6 +76,10 @@ class Scene:
         return counted if level == 1 else f"{counted} {POSITIONS[self.position]}"
 
 
+# The demo subsets by MMEB meta-task (all in-distribution), for unime.eval.mmeb.aggregate.
+EVAL_GROUPS = {"Classification": (["DemoShapeCls", "DemoColourCls"], []), "VQA": (["DemoVQA"], []),
+               "Retrieval": (["DemoI2T", "DemoT2I"], []), "Grounding": (["DemoGrounding"], [])}
+
 ALL_SCENES = [Scene(*combo) for combo in itertools.product(SHAPES, COLOURS, COUNT_WORDS, POSITIONS)]
 
 

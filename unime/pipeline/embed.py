@@ -66,9 +66,32 @@ class EmbedBatch:
                          "embedding": embeddings_column(vectors)})
 
 
-def run(config: PipelineConfig) -> dict:
+def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str) -> None:
+    """Embed an item table ``(id, text, image, is_candidate[, length])`` on the actor pool into
+    parquet shards under ``out``; every item gets exactly one embedding."""
     import ray.data
 
+    data = config.data
+    fs, inner = pyarrow_filesystem(out, data.storage_options)
+    fs.delete_dir_contents(inner, missing_dir_ok=True)
+    blocks = max(1, min(config.embed.actors.num_actors * 4, items.num_rows // config.embed.batch_size))
+    columns = [c for c in items.column_names if c != "length"]
+    dataset = ray.data.from_arrow(items.select(columns)).repartition(blocks)
+    dataset = dataset.map_batches(
+        EmbedBatch, batch_format="pyarrow", batch_size=config.embed.batch_size,
+        fn_constructor_kwargs={
+            "model": model, "dtype": config.models.dtype, "device": config.models.device,
+            "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
+            "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
+        },
+        **actor_options(config.embed.actors))
+    dataset.write_parquet(inner, filesystem=fs)
+    written = read_parquet_dir(out, data.storage_options, columns=["id"]).num_rows
+    if written != items.num_rows:
+        raise RuntimeError(f"embedding wrote {written} vectors for {items.num_rows} items")
+
+
+def run(config: PipelineConfig) -> dict:
     data, run_dir = config.data, config.run_dir
     upstream = manifest.read_manifest(run_dir, ingest.STAGE, data.storage_options)
     if upstream is None:
@@ -81,23 +104,7 @@ def run(config: PipelineConfig) -> dict:
 
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options)
     items = unique_items(pairs)
-    out = output_path(run_dir)
-    fs, inner = pyarrow_filesystem(out, data.storage_options)
-    fs.delete_dir_contents(inner, missing_dir_ok=True)
-    blocks = max(1, min(config.embed.actors.num_actors * 4, items.num_rows // config.embed.batch_size))
-    dataset = ray.data.from_arrow(items.drop_columns(["length"])).repartition(blocks)
-    dataset = dataset.map_batches(
-        EmbedBatch, batch_format="pyarrow", batch_size=config.embed.batch_size,
-        fn_constructor_kwargs={
-            "model": model, "dtype": config.models.dtype, "device": config.models.device,
-            "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
-            "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
-        },
-        **actor_options(config.embed.actors))
-    dataset.write_parquet(inner, filesystem=fs)
-    written = read_parquet_dir(out, data.storage_options, columns=["id"]).num_rows
-    if written != items.num_rows:
-        raise RuntimeError(f"embed wrote {written} embeddings for {items.num_rows} items")
+    embed_items(items, model, config, output_path(run_dir))
     counts = {"pairs": pairs.num_rows, "items": items.num_rows,
               "candidates": int(pc.sum(items["is_candidate"]).as_py()),
               "query_only_items": int(pc.sum(pc.invert(items["is_candidate"])).as_py()),

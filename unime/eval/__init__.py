@@ -1,0 +1,1 @@
+"""Evaluation: MMEB Precision@1, global image-text recall, aggregation and reports."""
