@@ -1,0 +1,39 @@
+"""The evaluate stage on a local Ray cluster: reports, rerank before/after, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.helpers import mining_config
+from unime.pipeline import evaluate
+
+pytestmark = pytest.mark.integration
+
+
+def eval_config(demo_dir, tiny_dir, run_dir):
+    return mining_config(demo_dir, tiny_dir, run_dir, f"data.eval_dir={demo_dir}/eval",
+                         f"models.reranker={tiny_dir}/reranker", "eval.groups=demo", "eval.rerank_k=4",
+                         "eval.actors.num_cpus=0.5", "eval.compare_with=UniME-V2 Qwen2-VL-2B")
+
+
+def test_eval_writes_reports_and_is_reproducible(ray_cluster, demo_dir, tiny_dir, tmp_path):
+    first = evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "a"))
+    second = evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "b"))
+    paths_a, paths_b = evaluate.output_paths(str(tmp_path / "a")), evaluate.output_paths(str(tmp_path / "b"))
+    per_a = json.loads(open(paths_a["per_dataset"]).read())
+    assert per_a == json.loads(open(paths_b["per_dataset"]).read())
+    assert first["rows"] == second["rows"]
+    assert set(per_a) == {"DemoI2T", "DemoT2I", "DemoShapeCls", "DemoColourCls", "DemoVQA", "DemoGrounding"}
+    for metrics in per_a.values():
+        assert 0 <= metrics["P@1"] <= 100 and metrics["rows"] == 12
+        assert set(metrics["rerank"]) == {"listwise-greedy", "listwise", "pairwise"}
+    summary = json.loads(open(paths_a["summary"]).read())
+    assert summary["items"]["unique"] < summary["items"]["references"]  # shared targets embedded once
+    assert summary["aggregate"]["scores"]["Overall"] is not None and not summary["aggregate"]["missing"]
+    markdown = open(paths_a["markdown"]).read()
+    assert "| embedder |" in markdown and "UniME-V2 Qwen2-VL-2B (published)" in markdown and "+ rerank" in markdown
+    assert Image.open(paths_a["chart"]).size == (700, 320)
+    assert evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "a"))["skipped"]

@@ -1,0 +1,49 @@
+"""Pure pieces of the MMEB harness: unique items of eval rows, per-row scoring, rerank inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from unime.data.ids import item_id
+from unime.eval import metrics
+from unime.pipeline.embed import IMAGE_LENGTH
+
+
+def eval_items(tables: dict[str, pa.Table]) -> tuple[pa.Table, int]:
+    """Every query and target of every subset as one item table (content ids, each once).
+
+    Returns the table (shortest first, as the embed stage wants) and the number of item
+    references before de-duplication, so the saving can be reported.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    references = 0
+    for table in tables.values():
+        for row in table.to_pylist():
+            pairs = [(row["qry_text"], row["qry_img_path"])] + list(zip(row["tgt_text"], row["tgt_img_path"]))
+            references += len(pairs)
+            for text, image in pairs:
+                seen.setdefault(item_id(text, image), (text, image))
+    ids = sorted(seen, key=lambda i: (len(seen[i][0]) + (IMAGE_LENGTH if seen[i][1] else 0), i))
+    items = pa.table({"id": ids, "text": [seen[i][0] for i in ids], "image": [seen[i][1] for i in ids],
+                      "is_candidate": [True] * len(ids)})
+    return items, references
+
+
+def row_scores(row: dict, vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """Cosine similarity of a row's query with each of its own candidates (positive at 0)."""
+    query = vectors[item_id(row["qry_text"], row["qry_img_path"])]
+    targets = np.stack([vectors[item_id(t, i)] for t, i in zip(row["tgt_text"], row["tgt_img_path"])])
+    return targets @ query
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k best candidates, ties ordered against the positive (index 0)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j == 0, j))
+    return order[:k]
+
+
+def subset_metrics(score_rows: list[np.ndarray]) -> dict[str, float]:
+    ranks = metrics.ranks_with_positive_first(score_rows)
+    return {"P@1": 100 * metrics.precision_at_1(ranks), "hit@5": 100 * metrics.hit_at_k(ranks, 5),
+            "MRR": 100 * metrics.mrr(ranks), "NDCG@10": 100 * metrics.ndcg_at_k(ranks, 10), "rows": len(ranks)}

@@ -1,0 +1,171 @@
+"""evaluate stage: MMEB Precision@1 per subset, before and after reranking, on Ray Data.
+
+Unique queries and targets of all subsets are embedded once (the embed stage's actor pool);
+each row's query is scored against its own candidate list; the reranker (an actor pool,
+model loaded once per actor) reorders each row's top-k in every configured mode. Reports
+under ``<run_dir>/evaluate/``: ``per_dataset.json``, ``summary.json``, ``summary.md`` (the
+published column order) and ``meta_tasks.png``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+
+from unime.config import PipelineConfig
+from unime.data.images import ImageLimits
+from unime.data.readers import read_eval
+from unime.data.storage import join, write_bytes
+from unime.eval.harness import eval_items, row_scores, subset_metrics, top_k
+from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
+from unime.pipeline import manifest, train_embedder, train_reranker
+from unime.pipeline.common import ImageCache, actor_options, write_parquet
+from unime.pipeline.embed import embed_items
+from unime.pipeline.retrieve import EmbeddingStore
+
+STAGE = "evaluate"
+
+
+def trained_or(config: PipelineConfig, stage, explicit: str | None, fallback: str) -> str:
+    """The explicit checkpoint, else this run's trained one when its stage finished, else the base."""
+    if explicit:
+        return explicit
+    if manifest.read_manifest(config.run_dir, stage.STAGE, config.data.storage_options):
+        return stage.output_paths(config.run_dir)["merged"]
+    return fallback
+
+
+class RerankBatch:
+    """Ray Data callable class: loads the reranker once; reorders each row's top-k per mode."""
+
+    def __init__(self, model: str, backend: str, modes: list[str], dtype: str, device: str, image_root: str,
+                 limits: dict, storage_options: dict):
+        from unime.rerank import Reranker
+
+        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device)
+        self.modes = modes
+        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = {f"{mode}_top1": [] for mode in self.modes} | {f"{mode}_parsed": [] for mode in self.modes}
+        for row in batch.to_pylist():
+            query = (row["qry_text"], self.images.get(row["qry_img_path"]))
+            candidates = [(t, self.images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
+            for mode in self.modes:
+                ranking = self.reranker.rank(query, candidates, mode)
+                out[f"{mode}_top1"].append(int(row["cand_index"][ranking.order[0]]))
+                out[f"{mode}_parsed"].append(bool(ranking.parsed))
+        return pa.table({"dataset": batch["dataset"], "row_index": batch["row_index"], **out})
+
+
+def rerank_rows(tables: dict[str, pa.Table], scores: dict[str, list[np.ndarray]], k: int) -> pa.Table:
+    rows = []
+    for name, table in tables.items():
+        for index, (row, row_score) in enumerate(zip(table.to_pylist(), scores[name])):
+            chosen = top_k(row_score, k)
+            rows.append({"dataset": name, "row_index": index, "qry_text": row["qry_text"],
+                         "qry_img_path": row["qry_img_path"], "cand_index": chosen,
+                         "cand_texts": [row["tgt_text"][j] for j in chosen],
+                         "cand_images": [row["tgt_img_path"][j] for j in chosen]})
+    return pa.Table.from_pylist(rows)
+
+
+def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
+    import ray.data
+
+    data = config.data
+    dataset = ray.data.from_arrow(rows).repartition(max(1, config.eval.actors.num_actors * 4))
+    return pa.Table.from_pylist(dataset.map_batches(
+        RerankBatch, batch_format="pyarrow", batch_size=8,
+        fn_constructor_kwargs={"model": model, "backend": config.eval.rerank_backend,
+                               "modes": list(config.eval.rerank_modes), "dtype": config.models.dtype,
+                               "device": config.models.device, "image_root": data.image_root,
+                               "limits": asdict(data.limits), "storage_options": data.storage_options},
+        **actor_options(config.eval.actors)).take_all())
+
+
+def bar_chart(aggregated: dict, reranked: dict | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in COLUMNS if aggregated["scores"][c] is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    x = np.arange(len(columns))
+    width = 0.4 if reranked else 0.6
+    ax.bar(x - (width / 2 if reranked else 0), [aggregated["scores"][c] for c in columns], width, label="embedder")
+    if reranked:
+        ax.bar(x + width / 2, [reranked["scores"][c] for c in columns], width, label="+ rerank (best mode)")
+    ax.set_xticks(x, columns)
+    ax.set_ylabel("Precision@1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def run(config: PipelineConfig) -> dict:
+    from unime.demo_data import EVAL_GROUPS
+    from unime.eval.mmeb import GROUPS
+
+    data, run_dir, options = config.data, config.run_dir, config.data.storage_options
+    groups = EVAL_GROUPS if config.eval.groups == "demo" else GROUPS
+    embedder = trained_or(config, train_embedder, config.eval.embedder, config.models.embedder)
+    reranker = trained_or(config, train_reranker, config.eval.reranker, config.models.reranker)
+    upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
+    stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
+                                              "data": data.eval_dir, "trained": [u and u["fingerprint"] for u in upstream]})
+    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
+        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
+
+    tables, read = read_eval(data.eval_dir, config.eval.subsets, data.image_root, data.limits, options)
+    write_parquet(read.quarantine_table(), join(run_dir, STAGE, "quarantine.parquet"), options)
+    items, references = eval_items(tables)
+    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"))
+    store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
+    vectors = dict(zip(items["id"].to_pylist(), store.vectors(items["id"].to_pylist())))
+    scores = {name: [row_scores(row, vectors) for row in table.to_pylist()] for name, table in tables.items()}
+    per_dataset = {name: subset_metrics(rows) for name, rows in scores.items()}
+
+    reranked_summary = None
+    if config.eval.rerank and config.eval.rerank_modes:
+        results = rerank(config, rerank_rows(tables, scores, config.eval.rerank_k), reranker).to_pylist()
+        for name in per_dataset:
+            mine = [r for r in results if r["dataset"] == name]
+            per_dataset[name]["rerank"] = {
+                mode: {"P@1": 100 * float(np.mean([r[f"{mode}_top1"] == 0 for r in mine])),
+                       "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine]))}
+                for mode in config.eval.rerank_modes}
+        best = max(config.eval.rerank_modes, key=lambda m: np.mean([d["rerank"][m]["P@1"] for d in per_dataset.values()]))
+        reranked_summary = aggregate({n: d["rerank"][best]["P@1"] for n, d in per_dataset.items()}, groups) | {
+            "mode": best}
+    aggregated = aggregate({name: d["P@1"] for name, d in per_dataset.items()}, groups)
+    summary = {"embedder": embedder, "reranker": reranker, "aggregate": aggregated, "reranked": reranked_summary,
+               "items": {"unique": items.num_rows, "references": references,
+                         "dedup_saving": 1 - items.num_rows / max(1, references)},
+               "quarantined_rows": len(read.quarantine)}
+    markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
+    if reranked_summary:
+        markdown += "\n\n" + summary_markdown(reranked_summary, f"+ rerank ({reranked_summary['mode']})")
+    for name, payload in (("per_dataset.json", json.dumps(per_dataset, indent=2)),
+                          ("summary.json", json.dumps(summary, indent=2)), ("summary.md", markdown + "\n")):
+        write_bytes(join(run_dir, STAGE, name), payload.encode(), options)
+    write_bytes(join(run_dir, STAGE, "meta_tasks.png"), bar_chart(aggregated, reranked_summary), options)
+    rows = {"subsets": len(tables), "rows": sum(d["rows"] for d in per_dataset.values()),
+            "overall_P@1": aggregated["scores"]["Overall"],
+            "overall_P@1_reranked": reranked_summary["scores"]["Overall"] if reranked_summary else None,
+            "unique_items": items.num_rows, "item_references": references}
+    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+
+
+def output_paths(run_dir: str) -> dict[str, str]:
+    return {n: join(run_dir, STAGE, f) for n, f in (("per_dataset", "per_dataset.json"), ("summary", "summary.json"),
+                                                      ("markdown", "summary.md"), ("chart", "meta_tasks.png"))}
