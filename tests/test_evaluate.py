@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,17 +24,17 @@ def test_eval_writes_reports_and_is_reproducible(ray_cluster, demo_dir, tiny_dir
     first = evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "a"))
     second = evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "b"))
     paths_a, paths_b = evaluate.output_paths(str(tmp_path / "a")), evaluate.output_paths(str(tmp_path / "b"))
-    per_a = json.loads(open(paths_a["per_dataset"]).read())
-    assert per_a == json.loads(open(paths_b["per_dataset"]).read())
+    per_a = json.loads(Path(paths_a["per_dataset"]).read_text())
+    assert per_a == json.loads(Path(paths_b["per_dataset"]).read_text())
     assert first["rows"] == second["rows"]
     assert set(per_a) == {"DemoI2T", "DemoT2I", "DemoShapeCls", "DemoColourCls", "DemoVQA", "DemoGrounding"}
     for metrics in per_a.values():
         assert 0 <= metrics["P@1"] <= 100 and metrics["rows"] == 12
         assert set(metrics["rerank"]) == {"listwise-greedy", "listwise", "pairwise"}
-    summary = json.loads(open(paths_a["summary"]).read())
+    summary = json.loads(Path(paths_a["summary"]).read_text())
     assert summary["items"]["unique"] < summary["items"]["references"]  # shared targets embedded once
     assert summary["aggregate"]["scores"]["Overall"] is not None and not summary["aggregate"]["missing"]
-    markdown = open(paths_a["markdown"]).read()
+    markdown = Path(paths_a["markdown"]).read_text()
     assert "| embedder |" in markdown and "UniME-V2 Qwen2-VL-2B (published)" in markdown and "+ rerank" in markdown
     assert Image.open(paths_a["chart"]).size == (700, 320)
     assert evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "a"))["skipped"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from unime.data.storage import is_remote, join, write_bytes
+from unime.pipeline import manifest, mine
 from unime.pipeline.common import pyarrow_filesystem
 from unime.train.base import materialise_full, merge_adapter
 
@@ -52,3 +54,28 @@ def publish(result, base_model: str, run_dir: str, stage: str, storage_options: 
             if path.is_file():
                 write_bytes(join(run_dir, stage, path.relative_to(local).as_posix()), path.read_bytes(), storage_options)
     return progress
+
+
+# Where and how robustly training runs does not change what it learns.
+PLACEMENT_KEYS = ("num_workers", "cpus_per_worker", "resources_per_worker", "max_failures", "keep_checkpoints")
+
+
+def run_training_stage(config, stage: str, train, base_model: str, build) -> dict:
+    """The shared body of the training stages: skip when complete, else fit, publish, record.
+
+    ``build()`` returns ``(TorchTrainer, number of training examples)``.
+    """
+    run_dir, options = config.run_dir, config.data.storage_options
+    upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
+    if upstream is None:
+        raise RuntimeError(f"{stage} needs the mine stage's output under {run_dir}")
+    learned = {k: v for k, v in asdict(train).items() if k not in PLACEMENT_KEYS}
+    stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": learned,
+                                              "model": base_model, "dtype": config.models.dtype})
+    if manifest.is_complete(run_dir, stage, stage_fingerprint, options):
+        return manifest.read_manifest(run_dir, stage, options) | {"skipped": True}
+    trainer, examples = build()
+    progress = publish(trainer.fit(), base_model, run_dir, stage, options)
+    losses = progress["losses"]
+    rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
+    return manifest.write_manifest(run_dir, stage, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}

@@ -16,14 +16,12 @@ import numpy as np
 
 from unime.config import PipelineConfig
 from unime.data.storage import join
-from unime.pipeline import manifest, mine
+from unime.pipeline import mine
 from unime.pipeline.common import read_parquet_dir
-from unime.pipeline.ray_train import publish, torch_trainer
+from unime.pipeline.ray_train import run_training_stage, torch_trainer
 from unime.train.embedder import train_loop_per_worker, training_examples
 
 STAGE = "train_embedder"
-# Where and how robustly training runs does not change what it learns.
-PLACEMENT_KEYS = ("num_workers", "cpus_per_worker", "resources_per_worker", "max_failures", "keep_checkpoints")
 
 
 def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
@@ -49,20 +47,11 @@ def examples_dataset(config: PipelineConfig):
 
 
 def run(config: PipelineConfig) -> dict:
-    run_dir, options = config.run_dir, config.data.storage_options
-    upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"train_embedder needs the mine stage's output under {run_dir}")
-    train = {k: v for k, v in asdict(config.train_embedder).items() if k not in PLACEMENT_KEYS}
-    stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": train,
-                                              "model": config.models.embedder, "dtype": config.models.dtype})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
-    dataset, examples = examples_dataset(config)
-    progress = publish(make_trainer(config, dataset).fit(), config.models.embedder, run_dir, STAGE, options)
-    losses = progress["losses"]
-    rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+    def build():
+        dataset, examples = examples_dataset(config)
+        return make_trainer(config, dataset), examples
+
+    return run_training_stage(config, STAGE, config.train_embedder, config.models.embedder, build)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

@@ -11,10 +11,9 @@ from dataclasses import asdict
 
 from unime.config import PipelineConfig
 from unime.data.storage import join
-from unime.pipeline import manifest, mine
+from unime.pipeline import mine
 from unime.pipeline.common import read_parquet_dir
-from unime.pipeline.ray_train import publish, torch_trainer
-from unime.pipeline.train_embedder import PLACEMENT_KEYS
+from unime.pipeline.ray_train import run_training_stage, torch_trainer
 from unime.train.reranker import reranker_examples, train_loop_per_worker
 
 STAGE = "train_reranker"
@@ -43,20 +42,11 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
 
 
 def run(config: PipelineConfig) -> dict:
-    run_dir, options = config.run_dir, config.data.storage_options
-    upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"train_reranker needs the mine stage's output under {run_dir}")
-    train = {k: v for k, v in asdict(config.train_reranker).items() if k not in PLACEMENT_KEYS}
-    stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": train,
-                                              "model": config.models.reranker, "dtype": config.models.dtype})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
-    table = examples(config)
-    progress = publish(make_trainer(config, table).fit(), config.models.reranker, run_dir, STAGE, options)
-    losses = progress["losses"]
-    rows = {"examples": table.num_rows, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+    def build():
+        table = examples(config)
+        return make_trainer(config, table), table.num_rows
+
+    return run_training_stage(config, STAGE, config.train_reranker, config.models.reranker, build)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:
