@@ -129,3 +129,14 @@ def test_a_corrupt_file_fails_naming_the_file(root, name, content):
     (root / name).write_bytes(content)
     with pytest.raises(CorruptFileError, match=name):
         read_pairs(str(root / name), image_root=str(root))
+
+
+def test_global_eval_rows_are_validated(root):
+    from unime.data import read_many
+
+    rows = [{"caption": "a red circle", "image": "ok.png"}, {"caption": " ", "image": "ok.png"},
+            {"caption": "x", "image": "missing.png"}, {"caption": "y"}]
+    (root / "global.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = read_many(str(root / "global.jsonl"), "global", image_root=str(root))
+    assert [r["caption"] for r in result.rows] == ["a red circle"]
+    assert [(q["row_index"], q["field"]) for q in result.quarantine] == [(1, "caption"), (2, "image"), (3, "image")]

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 def eval_config(demo_dir, tiny_dir, run_dir):
     return mining_config(demo_dir, tiny_dir, run_dir, f"data.eval_dir={demo_dir}/eval",
+                         f"data.global_eval={demo_dir}/eval_global",
                          f"models.reranker={tiny_dir}/reranker", "eval.groups=demo", "eval.rerank_k=4",
                          "eval.actors.num_cpus=0.5", "eval.compare_with=UniME-V2 Qwen2-VL-2B")
 
@@ -37,4 +38,8 @@ def test_eval_writes_reports_and_is_reproducible(ray_cluster, demo_dir, tiny_dir
     markdown = Path(paths_a["markdown"]).read_text()
     assert "| embedder |" in markdown and "UniME-V2 Qwen2-VL-2B (published)" in markdown and "+ rerank" in markdown
     assert Image.open(paths_a["chart"]).size == (700, 320)
+    recall = summary["global"]
+    assert recall["captions"] == 2 * recall["images"] == 24
+    assert 0 <= recall["t2i_R@1"] <= recall["t2i_R@5"] <= recall["t2i_R@10"] <= 100
+    assert "Global image-text retrieval" in markdown
     assert evaluate.run(eval_config(demo_dir, tiny_dir, tmp_path / "a"))["skipped"]

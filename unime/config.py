@@ -31,6 +31,8 @@ class DataConfig:
 
     train: list[str] = field(default_factory=list)
     eval_dir: str = ""
+    # Flickr30K/COCO-style pool: files of (caption, image) rows; empty to skip.
+    global_eval: str = ""
     eval_subsets: list[str] | None = None
     image_root: str = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +117,8 @@ class EvalConfig:
         default_factory=lambda: ["listwise-greedy", "listwise", "pairwise"])
     rerank_backend: Literal["hf", "vllm"] = "hf"
     groups: Literal["mmeb", "demo"] = "mmeb"
+    global_caption_prompt: str = "{caption}"
+    global_image_prompt: str = "<|image_1|>\nRepresent the given image.\n"
     compare_with: str | None = None
     actors: ActorConfig = field(default_factory=ActorConfig)
 

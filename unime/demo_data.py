@@ -11,6 +11,8 @@ PIL and writes, deterministically for a seed:
   images, empty queries) beside good ones, so that every run exercises the quarantine;
 - ``eval/<Subset>/test-00000.parquet``: MMEB-eval rows (``qry_text, qry_img_path,
   tgt_text[], tgt_img_path[]``, the positive at index 0) on held-out renders;
+- ``eval_global/captions.parquet``: ``(caption, image)``, two captions per held-out image,
+  for global image-text retrieval (recall@k both ways);
 - ``images/``: the PNGs all paths are relative to, and ``attributes.parquet``, the ground
   truth of every image (what it shows), which lets experiments tell true from false
   negatives.
@@ -255,6 +257,17 @@ def build_eval(writer: _Writer, config: DemoCorpusConfig) -> dict[str, list[dict
     return subsets
 
 
+def global_captions(attributes: list[dict]) -> list[dict]:
+    """Flickr30K/COCO-style pool: every eval scene image with two captions (count level and
+    full detail), for recall@k in both directions over the whole pool."""
+    rows = []
+    for entry in attributes:
+        if entry["image"].startswith("images/eval/scene_"):
+            scene = Scene(**json.loads(entry["attributes"]))
+            rows += [{"caption": scene.caption(level), "image": entry["image"]} for level in (1, 2)]
+    return rows
+
+
 def write_noisy(root: Path, good_rows: list[dict]) -> int:
     """Broken rows of every kind the data layer quarantines, beside good ones."""
     broken_dir = root / "images" / "broken"
@@ -306,6 +319,10 @@ def build(out_dir: str | Path, config: DemoCorpusConfig | None = None) -> dict:
         (root / "eval" / name).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), root / "eval" / name / "test-00000.parquet")
         counts[f"eval/{name}"] = len(rows)
+    global_rows = global_captions(writer.attributes)
+    (root / "eval_global").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(global_rows), root / "eval_global" / "captions.parquet")
+    counts["eval_global/captions.parquet"] = len(global_rows)
     pq.write_table(pa.Table.from_pylist(writer.attributes), root / "attributes.parquet")
     manifest = {"config": asdict(config), "rows": counts, "images": len(writer.attributes)}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -17,7 +17,15 @@ import pyarrow.parquet as pq
 
 from unime.data import schemas
 from unime.data.images import ImageChecker, ImageLimits
-from unime.data.records import ROW, RowError, image_fields, normalise_eval, normalise_mined, normalise_pair
+from unime.data.records import (
+    ROW,
+    RowError,
+    image_fields,
+    normalise_eval,
+    normalise_global,
+    normalise_mined,
+    normalise_pair,
+)
 from unime.data.storage import list_files, open_file, read_bytes
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -95,14 +103,14 @@ def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any]]:
 def read_rows(path: str, kind: str, image_root: str = "", limits: ImageLimits | None = None,
               storage_options: dict[str, Any] | None = None, checker: ImageChecker | None = None,
               check_images: bool = True) -> ReadResult:
-    """Read one file of ``kind`` ("pairs", "mined" or "eval"), validating rows and images.
+    """Read one file of ``kind`` ("pairs", "mined", "eval" or "global"), validating rows and images.
 
     ``check_images=False`` validates rows only (e.g. converting a released score file
     whose images live elsewhere).
     """
     dataset = dataset_name(path)
     normalise = {"pairs": lambda r: normalise_pair(r, dataset), "mined": normalise_mined,
-                 "eval": lambda r: normalise_eval(r, dataset)}[kind]
+                 "eval": lambda r: normalise_eval(r, dataset), "global": normalise_global}[kind]
     checker = checker or ImageChecker(image_root, limits or ImageLimits(), storage_options)
     result = ReadResult()
     for index, raw in iter_raw_rows(path, storage_options):
@@ -117,7 +125,7 @@ def read_rows(path: str, kind: str, image_root: str = "", limits: ImageLimits | 
         except RowError as err:
             result.quarantine.append({"source": path, "row_index": index, "field": err.field, "reason": err.reason})
             continue
-        if kind != "mined":
+        if kind in ("pairs", "eval"):
             row.update(source=path, row_index=index)
         result.rows.append(row)
     return result

@@ -125,10 +125,24 @@ def normalise_eval(raw: Any, dataset: str) -> dict:
     return row
 
 
+def normalise_global(raw: Any) -> dict:
+    """A global image-text retrieval row: a caption and the image it describes."""
+    if not isinstance(raw, dict):
+        raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
+    row = {"caption": as_text(_required(raw, "caption"), "caption"), "image": as_text(_required(raw, "image"), "image")}
+    if not row["caption"].strip():
+        raise RowError("caption", "empty caption")
+    if not row["image"]:
+        raise RowError("image", "empty image path")
+    return row
+
+
 def image_fields(kind: str, row: dict) -> list[tuple[str, str]]:
     """(field, image path) for every image a canonical row references."""
     if kind == "pairs":
         return [("query_image", row["query_image"]), ("pos_image", row["pos_image"])]
+    if kind == "global":
+        return [("image", row["image"])]
     if kind == "mined":
         pairs = [("query_image", row.get("query_image") or ""), ("pos_image", row.get("pos_image") or "")]
         return pairs + [("hard_negatives", pair[1] or "") for pair in row["hard_negatives"]]

@@ -10,20 +10,20 @@ from unime.eval import metrics
 from unime.pipeline.embed import IMAGE_LENGTH
 
 
-def eval_items(tables: dict[str, pa.Table]) -> tuple[pa.Table, int]:
-    """Every query and target of every subset as one item table (content ids, each once).
+def eval_items(tables: dict[str, pa.Table], extra: list[tuple[str, str]] = ()) -> tuple[pa.Table, int]:
+    """Every query and target of every subset (and ``extra`` items) as one item table, each
+    content id once.
 
     Returns the table (shortest first, as the embed stage wants) and the number of item
     references before de-duplication, so the saving can be reported.
     """
+    pairs = [pair for table in tables.values() for row in table.to_pylist()
+             for pair in [(row["qry_text"], row["qry_img_path"]), *zip(row["tgt_text"], row["tgt_img_path"])]]
+    pairs += list(extra)
     seen: dict[str, tuple[str, str]] = {}
-    references = 0
-    for table in tables.values():
-        for row in table.to_pylist():
-            pairs = [(row["qry_text"], row["qry_img_path"])] + list(zip(row["tgt_text"], row["tgt_img_path"]))
-            references += len(pairs)
-            for text, image in pairs:
-                seen.setdefault(item_id(text, image), (text, image))
+    for text, image in pairs:
+        seen.setdefault(item_id(text, image), (text, image))
+    references = len(pairs)
     ids = sorted(seen, key=lambda i: (len(seen[i][0]) + (IMAGE_LENGTH if seen[i][1] else 0), i))
     items = pa.table({"id": ids, "text": [seen[i][0] for i in ids], "image": [seen[i][1] for i in ids],
                       "is_candidate": [True] * len(ids)})
@@ -47,3 +47,18 @@ def subset_metrics(score_rows: list[np.ndarray]) -> dict[str, float]:
     ranks = metrics.ranks_with_positive_first(score_rows)
     return {"P@1": 100 * metrics.precision_at_1(ranks), "hit@5": 100 * metrics.hit_at_k(ranks, 5),
             "MRR": 100 * metrics.mrr(ranks), "NDCG@10": 100 * metrics.ndcg_at_k(ranks, 10), "rows": len(ranks)}
+
+
+def global_items(rows: list[dict], caption_prompt: str, image_prompt: str) -> tuple[list, list, np.ndarray]:
+    """Caption items (one per row), image items (one per distinct image), caption -> image index."""
+    images = list(dict.fromkeys(row["image"] for row in rows))
+    index = {image: k for k, image in enumerate(images)}
+    captions = [(caption_prompt.format(caption=row["caption"]), "") for row in rows]
+    return captions, [(image_prompt, image) for image in images], np.array([index[row["image"]] for row in rows])
+
+
+def global_recall(captions: list, images: list, caption_image: np.ndarray, vectors: dict) -> dict[str, float]:
+    caption_vectors = np.stack([vectors[item_id(*c)] for c in captions])
+    image_vectors = np.stack([vectors[item_id(*i)] for i in images])
+    recall = metrics.image_text_recall(caption_vectors @ image_vectors.T, caption_image)
+    return {k: 100 * v for k, v in recall.items()} | {"captions": len(captions), "images": len(images)}

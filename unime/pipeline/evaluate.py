@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
-from unime.data.readers import read_eval
+from unime.data.readers import read_eval, read_many
 from unime.data.storage import join, write_bytes
-from unime.eval.harness import eval_items, row_scores, subset_metrics, top_k
+from unime.eval.harness import eval_items, global_items, global_recall, row_scores, subset_metrics, top_k
 from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
 from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import ImageCache, actor_options, write_parquet
@@ -122,18 +122,26 @@ def run(config: PipelineConfig) -> dict:
     reranker = trained_or(config, train_reranker, config.eval.reranker, config.models.reranker)
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
-                                              "data": data.eval_dir, "trained": [u and u["fingerprint"] for u in upstream]})
+                                              "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream]})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
 
     tables, read = read_eval(data.eval_dir, config.eval.subsets, data.image_root, data.limits, options)
+    global_rows = []
+    if data.global_eval:
+        global_read = read_many(data.global_eval, "global", data.image_root, data.limits, options)
+        read.extend(global_read)
+        global_rows = global_read.rows
     write_parquet(read.quarantine_table(), join(run_dir, STAGE, "quarantine.parquet"), options)
-    items, references = eval_items(tables)
+    captions, images, caption_image = global_items(global_rows, config.eval.global_caption_prompt,
+                                                   config.eval.global_image_prompt)
+    items, references = eval_items(tables, captions + images)
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"))
     store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
     vectors = dict(zip(items["id"].to_pylist(), store.vectors(items["id"].to_pylist())))
     scores = {name: [row_scores(row, vectors) for row in table.to_pylist()] for name, table in tables.items()}
     per_dataset = {name: subset_metrics(rows) for name, rows in scores.items()}
+    global_result = global_recall(captions, images, caption_image, vectors) if global_rows else None
 
     reranked_summary = None
     if config.eval.rerank and config.eval.rerank_modes:
@@ -149,12 +157,18 @@ def run(config: PipelineConfig) -> dict:
             "mode": best}
     aggregated = aggregate({name: d["P@1"] for name, d in per_dataset.items()}, groups)
     summary = {"embedder": embedder, "reranker": reranker, "aggregate": aggregated, "reranked": reranked_summary,
+               "global": global_result,
                "items": {"unique": items.num_rows, "references": references,
                          "dedup_saving": 1 - items.num_rows / max(1, references)},
                "quarantined_rows": len(read.quarantine)}
     markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
     if reranked_summary:
         markdown += "\n\n" + summary_markdown(reranked_summary, f"+ rerank ({reranked_summary['mode']})")
+    if global_result:
+        keys = [k for k in global_result if "@" in k]
+        markdown += ("\n\nGlobal image-text retrieval (" + f"{global_result['captions']} captions, "
+                     f"{global_result['images']} images)\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+                     + "\n| " + " | ".join(f"{global_result[k]:.1f}" for k in keys) + " |")
     for name, payload in (("per_dataset.json", json.dumps(per_dataset, indent=2)),
                           ("summary.json", json.dumps(summary, indent=2)), ("summary.md", markdown + "\n")):
         write_bytes(join(run_dir, STAGE, name), payload.encode(), options)
@@ -162,7 +176,8 @@ def run(config: PipelineConfig) -> dict:
     rows = {"subsets": len(tables), "rows": sum(d["rows"] for d in per_dataset.values()),
             "overall_P@1": aggregated["scores"]["Overall"],
             "overall_P@1_reranked": reranked_summary["scores"]["Overall"] if reranked_summary else None,
-            "unique_items": items.num_rows, "item_references": references}
+            "unique_items": items.num_rows, "item_references": references,
+            "global_t2i_R@1": global_result["t2i_R@1"] if global_result else None}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
 
 

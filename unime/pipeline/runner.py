@@ -45,6 +45,7 @@ def absolute_local_paths(config: PipelineConfig) -> None:
     config.run_dir = fix(config.run_dir)
     config.data.train = [fix(p) for p in config.data.train]
     config.data.eval_dir, config.data.image_root = fix(config.data.eval_dir), fix(config.data.image_root)
+    config.data.global_eval = fix(config.data.global_eval)
     for role in ("embedder", "judge", "reranker"):
         path = getattr(config.models, role)
         if Path(path).exists():
