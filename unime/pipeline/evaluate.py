@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
@@ -139,7 +140,8 @@ def run(config: PipelineConfig) -> dict:
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"))
     store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
     vectors = dict(zip(items["id"].to_pylist(), store.vectors(items["id"].to_pylist())))
-    scores = {name: [row_scores(row, vectors) for row in table.to_pylist()] for name, table in tables.items()}
+    scores = {name: [row_scores(row, vectors) for row in tqdm(table.to_pylist(), desc=f"scoring {name}", leave=False)]
+              for name, table in tables.items()}
     per_dataset = {name: subset_metrics(rows) for name, rows in scores.items()}
     global_result = global_recall(captions, images, caption_image, vectors) if global_rows else None
 
@@ -165,7 +167,7 @@ def run(config: PipelineConfig) -> dict:
     if reranked_summary:
         markdown += "\n\n" + summary_markdown(reranked_summary, f"+ rerank ({reranked_summary['mode']})")
     if global_result:
-        keys = [k for k in global_result if "@" in k]
+        keys = [k for k in global_result if k not in ("captions", "images")]
         markdown += ("\n\nGlobal image-text retrieval (" + f"{global_result['captions']} captions, "
                      f"{global_result['images']} images)\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
                      + "\n| " + " | ".join(f"{global_result[k]:.1f}" for k in keys) + " |")
