@@ -124,6 +124,21 @@ class EvalConfig:
 
 
 @dataclass
+class IndexConfig:
+    """The search index of a corpus. ``corpus``: pair files whose positives are indexed
+    (empty: the run's ingested positives). ``embedder``: None means the run's trained
+    embedder once trained, else ``models.embedder``."""
+
+    corpus: list[str] = field(default_factory=list)
+    embedder: str | None = None
+    kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+
+
+@dataclass
 class FaultInjection:
     """Deliberate failures for recovery tests and drills; all off by default."""
 
@@ -245,6 +260,7 @@ class PipelineConfig:
     train_embedder: EmbedderTrainConfig = field(default_factory=EmbedderTrainConfig)
     train_reranker: RerankerTrainConfig = field(default_factory=RerankerTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
 

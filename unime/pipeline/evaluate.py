@@ -31,15 +31,6 @@ from unime.pipeline.retrieve import EmbeddingStore
 STAGE = "evaluate"
 
 
-def trained_or(config: PipelineConfig, stage, explicit: str | None, fallback: str) -> str:
-    """The explicit checkpoint, else this run's trained one when its stage finished, else the base."""
-    if explicit:
-        return explicit
-    if manifest.read_manifest(config.run_dir, stage.STAGE, config.data.storage_options):
-        return stage.output_paths(config.run_dir)["merged"]
-    return fallback
-
-
 class RerankBatch:
     """Ray Data callable class: loads the reranker once; reorders each row's top-k per mode."""
 
@@ -119,8 +110,8 @@ def run(config: PipelineConfig) -> dict:
 
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
     groups = EVAL_GROUPS if config.eval.groups == "demo" else GROUPS
-    embedder = trained_or(config, train_embedder, config.eval.embedder, config.models.embedder)
-    reranker = trained_or(config, train_reranker, config.eval.reranker, config.models.reranker)
+    embedder = manifest.trained_or(run_dir, train_embedder, config.eval.embedder, config.models.embedder, options)
+    reranker = manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options)
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
                                               "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream]})

@@ -40,3 +40,12 @@ def write_manifest(run_dir: str, stage: str, stage_fingerprint: str, body: dict,
     write_bytes(manifest_path(run_dir, stage), json.dumps(manifest, indent=2, default=str).encode() + b"\n",
                 storage_options)
     return manifest
+
+
+def trained_or(run_dir: str, stage, explicit: str | None, fallback: str, storage_options: dict | None = None) -> str:
+    """The explicit checkpoint, else the run's trained one once ``stage`` finished, else ``fallback``."""
+    if explicit:
+        return explicit
+    if read_manifest(run_dir, stage.STAGE, storage_options):
+        return stage.output_paths(run_dir)["merged"]
+    return fallback

@@ -9,7 +9,17 @@ from pathlib import Path
 
 from unime.config import PipelineConfig
 from unime.data.storage import is_remote
-from unime.pipeline import embed, evaluate, ingest, judge, mine, retrieve, train_embedder, train_reranker
+from unime.pipeline import (
+    build_index,
+    embed,
+    evaluate,
+    ingest,
+    judge,
+    mine,
+    retrieve,
+    train_embedder,
+    train_reranker,
+)
 
 STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "ingest": lambda config: ingest.run(config.data, config.run_dir),
@@ -20,6 +30,7 @@ STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "train_embedder": train_embedder.run,
     "train_reranker": train_reranker.run,
     "evaluate": evaluate.run,
+    "index": build_index.run,
 }
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 

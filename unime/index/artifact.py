@@ -1,0 +1,134 @@
+"""The index artefact: ``index.faiss``, ``records.parquet`` (row -> id, text, image) and
+``manifest.json`` (kind, size, dimension, and the embedder's fingerprint), on local disk or S3.
+
+A retriever must refuse an index whose vectors came from another embedder than the one it
+serves queries with; :meth:`IndexArtifact.check_embedder` is that check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from unime.data.storage import join, read_bytes, write_bytes
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """``flat`` (exact), ``ivf`` (``nlist`` lists, ``nprobe`` probed) or ``hnsw`` (``hnsw_m`` links)."""
+
+    kind: str = "flat"
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    use_gpu: bool | None = None  # None: build on GPU when faiss sees one (flat and IVF)
+
+    def __post_init__(self):
+        if self.kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"index kind {self.kind!r}: expected flat, ivf or hnsw")
+
+
+def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
+    """An inner-product FAISS index over L2-normalised ``vectors`` (returned on the CPU)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if spec.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif spec.kind == "ivf":
+        nlist = max(1, min(spec.nlist, len(vectors) // 39))  # FAISS wants >= 39 points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(spec.nprobe, nlist)
+    else:
+        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = spec.hnsw_ef_search
+    gpu = spec.kind != "hnsw" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if spec.use_gpu if spec.use_gpu is not None else gpu:
+        built = faiss.index_cpu_to_all_gpus(index)
+        if spec.kind == "ivf":
+            built.train(vectors)
+        built.add(vectors)
+        return faiss.index_gpu_to_cpu(built)
+    if spec.kind == "ivf":
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def checkpoint_fingerprint(name_or_path: str) -> str:
+    """SHA-256 over a local checkpoint's config and weights; the id itself for hub ids."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return f"hub:{name_or_path}"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.is_file() and (path.suffix in (".safetensors", ".bin") or path.name == "config.json"):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class IndexArtifact:
+    index: object
+    records: pa.Table
+    manifest: dict
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each ``[Q, k]``; row -1 where fewer than k exist."""
+        k = min(k, self.index.ntotal)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def check_embedder(self, name_or_path: str) -> None:
+        """Raise unless the index was built by this embedder checkpoint."""
+        want, have = checkpoint_fingerprint(name_or_path), self.manifest["embedder_fingerprint"]
+        if want != have:
+            raise ValueError(f"index built by embedder {self.manifest['embedder']} ({have[:12]}), "
+                             f"not by {name_or_path} ({want[:12]}): rebuild the index or deploy its embedder")
+
+
+def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: str, spec: IndexSpec = IndexSpec(),
+                storage_options: dict | None = None) -> dict:
+    """Build and write the artefact; the manifest is written last."""
+    import faiss
+
+    if len(vectors) != records.num_rows:
+        raise ValueError(f"{len(vectors)} vectors for {records.num_rows} records")
+    started = time.perf_counter()
+    index = build_faiss_index(vectors, spec)
+    seconds = time.perf_counter() - started
+    write_bytes(join(folder, "index.faiss"), faiss.serialize_index(index).tobytes(), storage_options)
+    buffer = io.BytesIO()
+    pq.write_table(records, buffer)
+    write_bytes(join(folder, "records.parquet"), buffer.getvalue(), storage_options)
+    manifest = {"kind": spec.kind, "spec": asdict(spec), "size": int(len(vectors)), "dim": int(vectors.shape[1]),
+                "embedder": embedder, "embedder_fingerprint": checkpoint_fingerprint(embedder),
+                "build_seconds": seconds, "created_at": time.time()}
+    write_bytes(join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options)
+    return manifest
+
+
+def load_index(folder: str, storage_options: dict | None = None) -> IndexArtifact:
+    import faiss
+
+    manifest = json.loads(read_bytes(join(folder, "manifest.json"), storage_options))
+    index = faiss.deserialize_index(np.frombuffer(read_bytes(join(folder, "index.faiss"), storage_options),
+                                                  dtype=np.uint8))
+    if manifest["kind"] == "ivf":
+        index.nprobe = manifest["spec"]["nprobe"]
+    elif manifest["kind"] == "hnsw":
+        index.hnsw.efSearch = manifest["spec"]["hnsw_ef_search"]
+    records = pq.read_table(io.BytesIO(read_bytes(join(folder, "records.parquet"), storage_options)))
+    if index.ntotal != records.num_rows:
+        raise ValueError(f"{folder}: index holds {index.ntotal} vectors but records.parquet {records.num_rows} rows")
+    return IndexArtifact(index, records, manifest)
