@@ -56,3 +56,32 @@ def test_bad_yaml_names_the_file(tmp_path):
     bad.write_text("mining: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+def test_serve_config_validates_against_rays_schema():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(__file__).parent.parent / "serve" / "config.yaml"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = schema.applications[0]
+    assert app.import_path == "serve.app:build"
+    assert {d.name for d in app.deployments} == {"Ingress", "EmbedderDeployment", "RetrieverDeployment",
+                                                  "RerankerDeployment"}
+    from unime.serving import deployments
+
+    for name in ("Ingress", "EmbedderDeployment", "RetrieverDeployment", "RerankerDeployment"):
+        assert hasattr(deployments, name)  # the YAML names deployments that exist
+
+
+def test_serve_app_builder_binds_the_composed_app():
+    import sys
+
+    from ray.serve import Application
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from serve.app import build
+
+    app = build({"config": str(Path(__file__).parent.parent / "configs" / "demo.yaml"),
+                 "overrides": ["serve.api_key=k"]})
+    assert isinstance(app, Application)

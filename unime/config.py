@@ -139,6 +139,37 @@ class IndexConfig:
 
 
 @dataclass
+class ServeLimits:
+    """Request limits; a violation is a 4xx with a message, never a 500."""
+
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 16_000_000
+    max_text_chars: int = 4000
+    max_top_k: int = 100
+    max_rerank_k: int = 20
+    max_batch: int = 32
+
+
+@dataclass
+class ServeConfig:
+    """The retrieve-then-rerank Serve app. ``embedder``/``reranker``/``index_dir``: None means
+    this run's trained checkpoints and index once built, else ``models.*``."""
+
+    embedder: str | None = None
+    reranker: str | None = None
+    index_dir: str | None = None
+    rerank_mode: Literal["listwise", "pairwise", "listwise-greedy"] = "listwise"
+    api_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batch_size: int = 16
+    batch_wait_s: float = 0.01
+    replica_cpus: float = 1.0
+    model_gpus: float = 0.0  # per embedder / reranker replica
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+
+@dataclass
 class FaultInjection:
     """Deliberate failures for recovery tests and drills; all off by default."""
 
@@ -261,6 +292,7 @@ class PipelineConfig:
     train_reranker: RerankerTrainConfig = field(default_factory=RerankerTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
 

@@ -1,0 +1,1 @@
+"""Retrieve-then-rerank on Ray Serve: request models and validation, deployments, the app."""

@@ -1,0 +1,219 @@
+"""Ray Serve deployments, one per concern, composed behind a FastAPI ingress.
+
+- :class:`EmbedderDeployment`: the embedder, requests batched with ``@serve.batch``;
+- :class:`RetrieverDeployment`: the index artefact; refuses to start when the index was
+  built by another embedder than the one deployed;
+- :class:`RerankerDeployment`: the reranker;
+- :class:`Ingress`: the HTTP API (``/v1/embeddings``, ``/v1/search``, ``/v1/rerank``,
+  ``/healthz``) and the search page at ``/``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict
+
+import numpy as np
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from unime.config import ServeLimits
+from unime.serving.api import (
+    EmbeddingsRequest,
+    InputError,
+    RerankRequest,
+    SearchRequest,
+    check_item,
+    check_range,
+)
+from unime.serving.page import SEARCH_PAGE
+
+app = FastAPI(title="unime", description="UniME-V2 retrieve-then-rerank", version="0.1.0")
+
+
+@app.exception_handler(InputError)
+async def _input_error(_: Request, exc: InputError):
+    return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+
+
+@serve.deployment
+class EmbedderDeployment:
+    def __init__(self, model: str, dtype: str = "float32", device: str = "auto", batch_size: int = 16,
+                 batch_wait_s: float = 0.01):
+        from unime.models import Embedder
+
+        self.embedder = Embedder(model, dtype=dtype, device=device)
+        self.model = model
+        self.embed.set_max_batch_size(batch_size)
+        self.embed.set_batch_wait_timeout_s(batch_wait_s)
+        self.batch_sizes: list[int] = []
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed(self, items: list) -> list[np.ndarray]:
+        from unime.models import EmbedItem
+
+        self.batch_sizes.append(len(items))
+        vectors = self.embedder.encode([EmbedItem(text, image) for text, image in items])
+        return list(vectors)
+
+    def stats(self) -> dict:
+        return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
+
+
+@serve.deployment
+class RetrieverDeployment:
+    def __init__(self, index_dir: str, embedder: str, storage_options: dict | None = None):
+        from unime.index import load_index
+
+        self.artifact = load_index(index_dir, storage_options)
+        self.artifact.check_embedder(embedder)  # refuse to serve vectors from another embedder
+        self.records = self.artifact.records.to_pylist()
+
+    def image_paths(self) -> list[str]:
+        return sorted({r["image"] for r in self.records if r["image"]})
+
+    def search(self, vector: np.ndarray, k: int) -> list[dict]:
+        scores, rows = self.artifact.search(vector[None], k)
+        return [self.records[r] | {"score": float(s)} for s, r in zip(scores[0], rows[0]) if r >= 0]
+
+
+@serve.deployment
+class RerankerDeployment:
+    def __init__(self, model: str, dtype: str = "float32", device: str = "auto"):
+        from unime.rerank import Reranker
+
+        self.reranker = Reranker(model, dtype=dtype, device=device)
+
+    def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
+        ranking = self.reranker.rank(query, candidates, mode)
+        return {"order": [int(k) for k in ranking.order], "scores": [float(s) for s in ranking.scores],
+                "parsed": ranking.parsed}
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
+                 image_root: str = "", storage_options: dict | None = None):
+        from ray.util.metrics import Histogram
+
+        from unime.data.images import ImageLimits
+        from unime.pipeline.common import ImageCache
+
+        self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
+        self.limits, self.api_key, self.rerank_mode = ServeLimits(**limits), api_key, rerank_mode
+        self.corpus_images = ImageCache(image_root, ImageLimits(), storage_options)
+        self.indexed_images: set[str] | None = None
+        self.latency = Histogram("unime_serve_request_seconds", description="request latency by route",
+                                 boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], tag_keys=("route",))
+
+    def _authorise(self, authorization: str | None, x_api_key: str | None) -> None:
+        if self.api_key is None:
+            return
+        given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
+        if given is None:
+            raise InputError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'", 401)
+        if given != self.api_key:
+            raise InputError("invalid API key", 403)
+
+    def _mode(self, mode: str | None) -> str:
+        from unime.rerank import MODES
+
+        mode = mode or self.rerank_mode
+        if mode not in MODES:
+            raise InputError(f"rerank mode {mode!r}: expected one of {list(MODES)}")
+        return mode
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(self) -> str:
+        return SEARCH_PAGE
+
+    @app.get("/images/{path:path}")
+    async def corpus_image(self, path: str) -> Response:
+        """Thumbnails of indexed records only: never an arbitrary path."""
+        if self.indexed_images is None:
+            self.indexed_images = set(await self.retriever.image_paths.remote())
+        if path not in self.indexed_images:
+            raise InputError(f"no indexed image {path!r}", 404)
+        buffer = io.BytesIO()
+        self.corpus_images.get(path).save(buffer, format="PNG")
+        return Response(content=buffer.getvalue(), media_type="image/png")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, request: EmbeddingsRequest, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)) -> dict:
+        started = time.perf_counter()
+        self._authorise(authorization, x_api_key)
+        check_range("input", len(request.input), 1, self.limits.max_batch)
+        items = [check_item(item, self.limits, f"input[{k}]", request.instruction) for k, item in enumerate(request.input)]
+        vectors = [await self.embedder.embed.remote(item) for item in items]
+        self.latency.observe(time.perf_counter() - started, tags={"route": "embeddings"})
+        return {"object": "list", "model": request.model or "unime-embedder",
+                "data": [{"object": "embedding", "index": k, "embedding": v.tolist()} for k, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    @app.post("/v1/search")
+    async def search(self, request: SearchRequest, authorization: str | None = Header(None),
+                     x_api_key: str | None = Header(None)) -> dict:
+        started = time.perf_counter()
+        self._authorise(authorization, x_api_key)
+        check_range("top_k", request.top_k, 1, self.limits.max_top_k)
+        check_range("rerank_k", request.rerank_k, 1, self.limits.max_rerank_k)
+        mode = self._mode(request.rerank_mode)
+        query = check_item(request.query, self.limits, "query", request.instruction)
+        vector = await self.embedder.embed.remote(query)
+        embedded = time.perf_counter()
+        hits = await self.retriever.search.remote(vector, max(request.top_k, request.rerank_k if request.rerank else 0))
+        retrieved = time.perf_counter()
+        for rank, hit in enumerate(hits):
+            hit["retrieval_rank"], hit["rerank_score"] = rank, None
+        if request.rerank and hits:
+            head = hits[: request.rerank_k]
+            candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
+            ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
+            for k, score in enumerate(ranking["scores"]):
+                head[k]["rerank_score"] = score
+            hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
+        done = time.perf_counter()
+        self.latency.observe(done - started, tags={"route": "search"})
+        return {"results": hits[: request.top_k], "rerank_mode": mode if request.rerank else None,
+                "timings_ms": {"embed": 1000 * (embedded - started), "retrieve": 1000 * (retrieved - embedded),
+                               "rerank": 1000 * (done - retrieved), "total": 1000 * (done - started)}}
+
+    @app.post("/v1/rerank")
+    async def rerank(self, request: RerankRequest, authorization: str | None = Header(None),
+                     x_api_key: str | None = Header(None)) -> dict:
+        started = time.perf_counter()
+        self._authorise(authorization, x_api_key)
+        check_range("candidates", len(request.candidates), 1, self.limits.max_rerank_k)
+        mode = self._mode(request.mode)
+        query = check_item(request.query, self.limits, "query")
+        candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
+        ranking = await self.reranker.rank.remote(query, candidates, mode)
+        self.latency.observe(time.perf_counter() - started, tags={"route": "rerank"})
+        return {"mode": mode, "order": ranking["order"], "scores": ranking["scores"], "parsed": ranking["parsed"]}
+
+
+def build_app(config):
+    """The composed application for a :class:`unime.config.PipelineConfig`."""
+    from unime.pipeline import build_index, manifest, train_embedder, train_reranker
+
+    run_dir, options, serve_config, models = config.run_dir, config.data.storage_options, config.serve, config.models
+    embedder = manifest.trained_or(run_dir, train_embedder, serve_config.embedder, models.embedder, options)
+    reranker = manifest.trained_or(run_dir, train_reranker, serve_config.reranker, models.reranker, options)
+    index_dir = serve_config.index_dir or build_index.output_path(run_dir)
+    light = {"num_cpus": serve_config.replica_cpus}
+    model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {})
+    return Ingress.options(ray_actor_options=light).bind(
+        EmbedderDeployment.options(ray_actor_options=model).bind(
+            embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s),
+        RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options),
+        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device),
+        asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
+        config.data.image_root, options)
