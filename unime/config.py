@@ -166,6 +166,8 @@ class ServeConfig:
     batch_wait_s: float = 0.01
     replica_cpus: float = 1.0
     model_gpus: float = 0.0  # per embedder / reranker replica
+    keep_running: bool = True
+    example_query: str = "two red circles on the left"
     limits: ServeLimits = field(default_factory=ServeLimits)
 
 

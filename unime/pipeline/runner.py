@@ -11,6 +11,7 @@ from unime.config import PipelineConfig
 from unime.data.storage import is_remote
 from unime.pipeline import (
     build_index,
+    deploy,
     embed,
     evaluate,
     ingest,
@@ -31,6 +32,7 @@ STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "train_reranker": train_reranker.run,
     "evaluate": evaluate.run,
     "index": build_index.run,
+    "serve": deploy.run,
 }
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 
