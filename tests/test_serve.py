@@ -126,3 +126,21 @@ def test_oversized_image_and_malformed_json_then_still_serving(base_url):
                               timeout=10)
     assert 400 <= malformed.status_code < 500
     assert post(base_url, "/v1/search", {"query": {"text": "a red circle"}, "rerank": False}).status_code == 200
+
+
+def test_search_page_renders_results_in_headless_chromium(base_url, tmp_path):
+    """Chromium loads the page, which runs a search (?q=) and renders the hits."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by `make test` (Debian package chromium)"
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         f"{base_url}/?q=two+red+circles&key=secret"],
+        capture_output=True, text=True, timeout=90, check=True).stdout
+    assert "unime search" in dom
+    assert dom.count('class="hit"') == 10, dom[-2000:]
+    assert "results in" in dom and "retrieval " in dom and "rerank " in dom

@@ -21,6 +21,8 @@ SEARCH_PAGE = """<!doctype html>
 <div id="results"></div>
 <script>
 let imageData = null;
+const params = new URLSearchParams(window.location.search);  // ?q=...&key=... search on load
+const apiKey = params.get('key');
 const drop = document.getElementById('drop');
 drop.addEventListener('dragover', e => e.preventDefault());
 drop.addEventListener('drop', e => {
@@ -33,8 +35,9 @@ document.getElementById('form').addEventListener('submit', async e => {
   e.preventDefault();
   const query = {text: document.getElementById('text').value || null, image: imageData};
   const body = {query, top_k: 10, rerank: document.getElementById('rerank').checked, rerank_k: 10};
-  const response = await fetch('/v1/search', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                              body: JSON.stringify(body)});
+  const headers = {'Content-Type': 'application/json'};
+  if (apiKey) headers['X-API-Key'] = apiKey;
+  const response = await fetch('/v1/search', {method: 'POST', headers, body: JSON.stringify(body)});
   const payload = await response.json();
   const results = document.getElementById('results');
   results.innerHTML = '';
@@ -52,6 +55,10 @@ document.getElementById('form').addEventListener('submit', async e => {
     results.appendChild(row);
   }
 });
+if (params.get('q')) {
+  document.getElementById('text').value = params.get('q');
+  document.getElementById('form').requestSubmit();
+}
 </script>
 </body></html>
 """
