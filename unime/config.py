@@ -218,13 +218,26 @@ class JudgeConfig:
 
 
 @dataclass
-class EmbedderTrainConfig:
-    """UniME-V2 embedder training (METHOD.md section 5): paper values as defaults."""
+class TrainPlacement:
+    """Where a Ray Train run goes and how it survives failures (shared by both trainers)."""
 
     num_workers: int = 8
     use_gpu: bool = True
     cpus_per_worker: float = 1.0
     resources_per_worker: dict[str, float] = field(default_factory=dict)
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+
+
+# These do not change what the model learns, so training fingerprints leave them out;
+# ``use_gpu`` stays in (bf16 autocast on GPU changes the numerics).
+PLACEMENT_KEYS = tuple(f.name for f in dataclasses.fields(TrainPlacement) if f.name != "use_gpu")
+
+
+@dataclass
+class EmbedderTrainConfig(TrainPlacement):
+    """UniME-V2 embedder training (METHOD.md section 5): paper values as defaults."""
+
     queries_per_worker: int = 64
     num_hard_negatives: int = 8
     temperature: float = 0.02
@@ -243,8 +256,6 @@ class EmbedderTrainConfig:
     gradient_checkpointing: bool = False
     gradcache_chunk: int = 16
     checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    max_failures: int = 2
     seed: int = 0
 
     def __post_init__(self):
@@ -253,13 +264,9 @@ class EmbedderTrainConfig:
 
 
 @dataclass
-class RerankerTrainConfig:
+class RerankerTrainConfig(TrainPlacement):
     """UniME-V2 reranker training (METHOD.md section 6): paper values as defaults."""
 
-    num_workers: int = 8
-    use_gpu: bool = True
-    cpus_per_worker: float = 1.0
-    resources_per_worker: dict[str, float] = field(default_factory=dict)
     effective_batch_size: int = 32
     micro_batch_size: int = 4
     lr: float = 2e-5
@@ -274,8 +281,6 @@ class RerankerTrainConfig:
     full_finetune: bool = False
     listwise_candidates: int = 5
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    max_failures: int = 2
     seed: int = 0
 
 

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from unime.config import PLACEMENT_KEYS
 from unime.data.storage import is_remote, join, write_bytes
 from unime.pipeline import manifest, mine
 from unime.pipeline.common import pyarrow_filesystem
@@ -55,9 +56,6 @@ def publish(result, base_model: str, run_dir: str, stage: str, storage_options: 
                 write_bytes(join(run_dir, stage, path.relative_to(local).as_posix()), path.read_bytes(), storage_options)
     return progress
 
-
-# Where and how robustly training runs does not change what it learns.
-PLACEMENT_KEYS = ("num_workers", "cpus_per_worker", "resources_per_worker", "max_failures", "keep_checkpoints")
 
 
 def run_training_stage(config, stage: str, train, base_model: str, build) -> dict:
