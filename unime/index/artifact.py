@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unime.data.storage import join, read_bytes, write_bytes
+from unime.mining.retrieval import use_faiss_gpu
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
     else:
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = spec.hnsw_ef_search
-    gpu = spec.kind != "hnsw" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if spec.use_gpu if spec.use_gpu is not None else gpu:
+    if spec.kind != "hnsw" and use_faiss_gpu(spec.use_gpu):  # FAISS has no GPU HNSW
         built = faiss.index_cpu_to_all_gpus(index)
         if spec.kind == "ivf":
             built.train(vectors)

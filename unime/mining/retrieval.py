@@ -43,19 +43,21 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _gpu_ready(spec: IndexSpec) -> bool:
+def use_faiss_gpu(requested: bool | None) -> bool:
+    """Whether to put a FAISS index on the GPU: ``None`` means when this faiss build sees one;
+    ``True`` without one is an error rather than a silent CPU fallback."""
     import faiss
 
     available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if spec.use_gpu and not available:
+    if requested and not available:
         raise RuntimeError("use_gpu=True but this faiss build sees no GPU")
-    return available if spec.use_gpu is None else spec.use_gpu
+    return available if requested is None else requested
 
 
 def _to_device(index, spec: IndexSpec):
     import faiss
 
-    return faiss.index_cpu_to_all_gpus(index) if _gpu_ready(spec) else index
+    return faiss.index_cpu_to_all_gpus(index) if use_faiss_gpu(spec.use_gpu) else index
 
 
 def positive_similarities(queries: np.ndarray, candidates: ShardSource, positive_ids: np.ndarray) -> np.ndarray:

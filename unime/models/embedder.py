@@ -67,14 +67,13 @@ class Embedder:
     """
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
-                 min_pixels: int | None = None, max_pixels: int | None = None, max_length: int = 1024):
+                 min_pixels: int | None = None, max_pixels: int | None = None):
         from unime.models.loading import load_model
         from unime.models.processor import load_processor
 
         self.model = load_model(name_or_path, dtype=dtype, device=device)
         self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.encoder = PooledEncoder(self.model)
-        self.max_length = max_length
 
     @property
     def device(self) -> torch.device:

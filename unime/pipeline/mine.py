@@ -37,9 +37,10 @@ def mine_pairs(pairs: pa.Table, pools: pa.Table, scores: pa.Table, num_negatives
     """Pure: (records with ids, skipped rows, statistics) for pairs joined with pools and scores."""
     score_of = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
                         scores["score"].to_pylist()))
-    item = {row["query_id"]: (row["query_text"], row["query_image"]) for row in pairs.to_pylist()}
-    item.update({row["pos_id"]: (row["pos_text"], row["pos_image"]) for row in pairs.to_pylist()})
-    pair_of = {(r["source"], r["row_index"]): r for r in pairs.to_pylist()}
+    rows = pairs.to_pylist()
+    item = {row["query_id"]: (row["query_text"], row["query_image"]) for row in rows}
+    item.update({row["pos_id"]: (row["pos_text"], row["pos_image"]) for row in rows})
+    pair_of = {(r["source"], r["row_index"]): r for r in rows}
     records, skipped, positive_scores, pool_scores, filtered = [], [], [], [], 0
     for pool in pools.sort_by([("source", "ascending"), ("row_index", "ascending")]).to_pylist():
         pair = pair_of[(pool["source"], pool["row_index"])]
