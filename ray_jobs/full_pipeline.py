@@ -3,8 +3,11 @@
     python ray_jobs/full_pipeline.py --config configs/demo.yaml [--stages ingest,embed] [key=value ...]
     ray job submit --working-dir . -- python ray_jobs/full_pipeline.py --config configs/demo.yaml
 
-Stages run in order and each is skipped when its manifest under ``<run_dir>/<stage>/``
-matches its inputs and config. Stages that exist so far: ingest, embed, retrieve, judge, mine.
+Stages run in order: ingest, embed, retrieve, judge, mine, train_embedder, train_reranker,
+evaluate, index, serve, report. Each is skipped when its manifest under ``<run_dir>/<stage>/``
+matches its inputs and config, so rerunning the same command after a crash continues where
+the run stopped (the judge resumes shard by shard). The runtime environment is the config's
+``ray.runtime_env``; ``ray job submit`` only adds the working dir.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None, default_stages: list[str] | None = None)
         from unime.pipeline import evaluate
 
         print("\n" + read_bytes(evaluate.output_paths(config.run_dir)["markdown"], config.data.storage_options).decode())
+    if "report" in results:
+        print(f"report: {results['report']['path']}")
     print(f"run dir: {config.run_dir}")
     return 0
 

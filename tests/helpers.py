@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
 from unime.config import load_config
 from unime.pipeline.runner import MINING_STAGES
 from unime.pipeline.runner import STAGES as REGISTRY
 
 STAGES = [(name, REGISTRY[name]) for name in MINING_STAGES]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """A script of the repo (``ray_jobs/...``, ``bench/...``) as a module, to call its ``main``."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def mining_config(demo_dir, tiny_dir, run_dir, *overrides):
@@ -27,3 +46,86 @@ def mining_overrides(demo_dir, tiny_dir, run_dir, *overrides) -> list[str]:
 
 def run_all(config):
     return {name: stage(config) for name, stage in STAGES}
+
+
+# Every stage but serve, on the small test corpus: small pools, a few training steps.
+PIPELINE_STAGES = "ingest,embed,retrieve,judge,mine,train_embedder,train_reranker,evaluate,index,report"
+
+
+def pipeline_overrides(demo_dir, tiny_dir, run_dir) -> list[str]:
+    return mining_overrides(
+        demo_dir, tiny_dir, run_dir, "demo.enabled=false", f"data.eval_dir={demo_dir}/eval",
+        f"data.global_eval={demo_dir}/eval_global", f"models.reranker={tiny_dir}/reranker", "judge.shard_size=20",
+        "train_embedder.num_hard_negatives=3", "train_embedder.gradcache_chunk=8", "train_embedder.max_steps=6",
+        "train_embedder.checkpoint_every=3", "train_reranker.epochs=1", "train_reranker.listwise_candidates=3",
+        "train_reranker.checkpoint_every=1000", "eval.rerank_k=4", "eval.rerank_modes=[pairwise]",
+        "eval.actors.num_cpus=0.5", "index.kind=flat")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium_dom(url: str, profile_dir, budget_ms: int = 20000) -> str:
+    """The DOM headless Chromium (Debian's ``chromium``, installed by ``make test``) builds for ``url``."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by `make test` (Debian package chromium)"
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile_dir}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=90, check=True).stdout
+
+
+def read_metrics(port: int, wait_s: float = 30) -> dict[str, float]:
+    """Every sample of a Ray node's Prometheus endpoint: ``{'name{labels}': value}``; waits
+    for the endpoint, which the metrics agent opens a few seconds after the node starts."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    samples = (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
+    return {series: float(value) for series, value in samples}
+
+
+def scrape_metrics(port: int, names: list[str], timeout_s: float = 30) -> dict[str, list[str]]:
+    """The series of each metric in ``names``, polling until all appear (the agent exports
+    every few seconds) or the timeout passes."""
+    deadline = time.time() + timeout_s
+    while True:
+        samples = read_metrics(port)
+        found = {name: [series for series in samples if series.startswith(name + "{")] for name in names}
+        if all(found.values()) or time.time() > deadline:
+            return found
+        time.sleep(1)
+
+
+class MetricsWatcher(threading.Thread):
+    """Polls an endpoint while something runs and keeps the last value of every series seen:
+    Ray drops a gauge ~2 s after its process stops setting it (a live value, like the loss)."""
+
+    def __init__(self, port: int, interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.port, self.interval_s, self.seen = port, interval_s, {}
+        self.before = read_metrics(port)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.seen.update(read_metrics(self.port))
+            self._stop_event.wait(self.interval_s)
+
+    def finish(self, settle_s: float = 3.0) -> dict[str, float]:
+        """Stop after one more export interval; the last value of every series seen."""
+        time.sleep(settle_s)
+        self._stop_event.set()
+        self.join()
+        self.seen.update(read_metrics(self.port))
+        return self.seen

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import STAGES, mining_config, mining_overrides, run_all
+from tests.helpers import STAGES, load_script, mining_config, mining_overrides, run_all
 from unime.data import read_mined
 from unime.pipeline import embed, ingest, judge, manifest, mine, retrieve
 
@@ -112,16 +112,12 @@ def test_per_dataset_pools_stay_inside_their_dataset(ray_cluster, demo_dir, tiny
 
 def test_mine_job_runs_from_a_config_on_s3(ray_cluster, s3_server, demo_dir, tiny_dir):
     """ray_jobs/mine.py end to end with corpus, images and run dir on a (local) S3 API."""
-    import importlib.util
-
     import fsspec
 
     s3 = fsspec.filesystem("s3", **s3_server)
     s3.put(str(demo_dir / "train" / "DemoShapeCls"), "unime-test/corpus/train/", recursive=True)
     s3.put(str(demo_dir / "images"), "unime-test/corpus/", recursive=True)
-    spec = importlib.util.spec_from_file_location("mine_job", Path(__file__).parent.parent / "ray_jobs" / "mine.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("ray_jobs/mine.py")
     options = [f"data.storage_options.{k}={v}" for k, v in s3_server.items()]
     overrides = [o.replace(f"{demo_dir}/train", "s3://unime-test/corpus/train").replace(
         f"data.image_root={demo_dir}", "data.image_root=s3://unime-test/corpus")

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
+from tests.helpers import chromium_dom, free_port, scrape_metrics
+
 pytestmark = pytest.mark.integration
+
 KEY = {"Authorization": "Bearer secret"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_data_url(size=(64, 64), noise: bool = False) -> str:
@@ -130,17 +126,16 @@ def test_oversized_image_and_malformed_json_then_still_serving(base_url):
 
 def test_search_page_renders_results_in_headless_chromium(base_url, tmp_path):
     """Chromium loads the page, which runs a search (?q=) and renders the hits."""
-    import shutil
-    import subprocess
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is installed by `make test` (Debian package chromium)"
-    dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-         f"{base_url}/?q=two+red+circles&key=secret"],
-        capture_output=True, text=True, timeout=90, check=True).stdout
+    dom = chromium_dom(f"{base_url}/?q=two+red+circles&key=secret", tmp_path / "profile")
     assert "unime search" in dom
     assert dom.count('class="hit"') == 10, dom[-2000:]
     assert "results in" in dom and "retrieval " in dom and "rerank " in dom
+
+
+def test_request_latency_reaches_the_metrics_endpoint(base_url, metrics_port):
+    for route, payload in (("/v1/search", {"query": {"text": "a red circle"}, "top_k": 3}),
+                           ("/v1/embeddings", {"input": [{"text": "a red circle"}]})):
+        assert post(base_url, route, payload).status_code == 200
+    found = scrape_metrics(metrics_port, ["ray_unime_serve_request_seconds_count"])
+    routes = " ".join(found["ray_unime_serve_request_seconds_count"])
+    assert 'route="search"' in routes and 'route="embeddings"' in routes, found

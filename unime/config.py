@@ -54,11 +54,17 @@ class ModelsConfig:
 
 @dataclass
 class RayConfig:
-    """``address``: None starts or joins a local Ray; "auto" joins a running cluster."""
+    """``address``: None starts or joins a local Ray; "auto" joins a running cluster.
+
+    ``runtime_env`` is the job's one runtime environment: ``ray.init`` merges it with what
+    ``ray job submit`` adds (``--working-dir``), and its ``env_vars`` also apply to the driver.
+    ``metrics_export_port``: the Prometheus endpoint of a local Ray started by the job.
+    """
 
     address: str | None = None
     num_cpus: int | None = None
     include_dashboard: bool = True
+    metrics_export_port: int | None = None
     runtime_env: dict[str, Any] = field(default_factory=dict)
 
 

@@ -46,7 +46,7 @@ def run(config: PipelineConfig) -> dict:
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
     items = unique_items(pairs)
     items = items.filter(items["is_candidate"])
-    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"))
+    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
     vectors = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options).vectors(items["id"].to_pylist())
     spec = IndexSpec(config.index.kind, config.index.nlist, config.index.nprobe, config.index.hnsw_m,
                      config.index.hnsw_ef_search)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
 from unime.data.storage import join
+from unime.monitoring import record
 from unime.pipeline import ingest, manifest
 from unime.pipeline.common import (
     ImageCache,
@@ -50,11 +51,12 @@ class EmbedBatch:
     """Ray Data callable class: loads the embedder once, embeds batches of items."""
 
     def __init__(self, model: str, dtype: str, device: str, min_pixels, max_pixels, image_root: str,
-                 limits: dict, storage_options: dict):
+                 limits: dict, storage_options: dict, stage: str = "embed"):
         from unime.models import Embedder
 
         self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+        self.stage = stage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from unime.models import EmbedItem
@@ -62,11 +64,12 @@ class EmbedBatch:
         items = [EmbedItem(text, self.images.get(image)) for text, image in
                  zip(batch["text"].to_pylist(), batch["image"].to_pylist())]
         vectors = self.embedder.encode(items)
+        record("unime_items_embedded_total", len(items), stage=self.stage)
         return pa.table({"id": batch["id"], "is_candidate": batch["is_candidate"],
                          "embedding": embeddings_column(vectors)})
 
 
-def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str) -> None:
+def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, stage: str = STAGE) -> None:
     """Embed an item table ``(id, text, image, is_candidate[, length])`` on the actor pool into
     parquet shards under ``out``; every item gets exactly one embedding."""
     import ray.data
@@ -83,6 +86,7 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str) -
             "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
             "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
+            "stage": stage,
         },
         **actor_options(config.embed.actors))
     dataset.write_parquet(inner, filesystem=fs)

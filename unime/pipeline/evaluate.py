@@ -9,7 +9,6 @@ published column order) and ``meta_tasks.png``.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict
 
@@ -27,6 +26,7 @@ from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import ImageCache, actor_options, write_parquet
 from unime.pipeline.embed import embed_items
 from unime.pipeline.retrieve import EmbeddingStore
+from unime.reporting import figure_png, new_figure
 
 STAGE = "evaluate"
 
@@ -81,13 +81,8 @@ def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
 
 
 def bar_chart(aggregated: dict, reranked: dict | None) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = [c for c in COLUMNS if aggregated["scores"][c] is not None]
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    fig, ax = new_figure(7, 3.2)
     x = np.arange(len(columns))
     width = 0.4 if reranked else 0.6
     ax.bar(x - (width / 2 if reranked else 0), [aggregated["scores"][c] for c in columns], width, label="embedder")
@@ -97,11 +92,7 @@ def bar_chart(aggregated: dict, reranked: dict | None) -> bytes:
     ax.set_ylabel("Precision@1 (%)")
     ax.set_ylim(0, 100)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def run(config: PipelineConfig) -> dict:
@@ -128,7 +119,7 @@ def run(config: PipelineConfig) -> dict:
     captions, images, caption_image = global_items(global_rows, config.eval.global_caption_prompt,
                                                    config.eval.global_image_prompt)
     items, references = eval_items(tables, captions + images)
-    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"))
+    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
     store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
     vectors = dict(zip(items["id"].to_pylist(), store.vectors(items["id"].to_pylist())))
     scores = {name: [row_scores(row, vectors) for row in tqdm(table.to_pylist(), desc=f"scoring {name}", leave=False)]

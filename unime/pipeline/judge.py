@@ -25,6 +25,7 @@ from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
 from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
 from unime.judge import build_judge_messages, make_judge
+from unime.monitoring import record
 from unime.pipeline import embed, ingest, manifest, retrieve
 from unime.pipeline.common import ImageCache, actor_options, read_parquet_dir, write_parquet
 
@@ -88,7 +89,11 @@ class JudgeShards:
 
     def _score(self, chats: list) -> np.ndarray:
         # vLLM: all chats of these queries in one call (shared prefixes cached); HF: fixed batches.
-        return self.judge.score(chats, **({"batch_size": self.hf_batch_size} if self.backend == "hf" else {}))
+        started = time.perf_counter()
+        scores = self.judge.score(chats, **({"batch_size": self.hf_batch_size} if self.backend == "hf" else {}))
+        record("unime_judge_call_seconds", time.perf_counter() - started)
+        record("unime_judge_pairs_total", len(chats))
+        return scores
 
     async def score_requests(self, requests: pa.Table) -> pa.Table:
         loop = asyncio.get_running_loop()

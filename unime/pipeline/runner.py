@@ -9,6 +9,7 @@ from pathlib import Path
 
 from unime.config import PipelineConfig
 from unime.data.storage import is_remote
+from unime.monitoring import record
 from unime.pipeline import (
     build_index,
     deploy,
@@ -17,6 +18,7 @@ from unime.pipeline import (
     ingest,
     judge,
     mine,
+    report,
     retrieve,
     train_embedder,
     train_reranker,
@@ -33,6 +35,7 @@ STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
     "evaluate": evaluate.run,
     "index": build_index.run,
     "serve": deploy.run,
+    "report": report.run,
 }
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 
@@ -66,15 +69,34 @@ def absolute_local_paths(config: PipelineConfig) -> None:
 
 
 def run_stages(config: PipelineConfig, stages: list[str] | None = None, log=print) -> dict[str, dict]:
-    """Run ``stages`` (default: the config's) in order; each skips itself when complete."""
+    """Run ``stages`` (default: the config's) in order; each skips itself when complete.
+
+    Each stage's counts and seconds go to the metrics (:mod:`unime.monitoring`) and to
+    ``report/timings.json``, which the report stage reads.
+    """
     stages = stages or config.stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
-    results = {}
+    results, seconds = {}, {}
     for stage in stages:
         started = time.perf_counter()
+        if stage == report.STAGE:  # the report reads the timings of the stages before it
+            report.record_timings(config.run_dir, results, seconds, config.data.storage_options)
         results[stage] = STAGES[stage](config)
-        state = "skipped (manifest matches)" if results[stage].get("skipped") else "done"
-        log(f"[{stage}] {state} in {time.perf_counter() - started:.1f}s: {json.dumps(results[stage].get('rows', {}))}")
+        seconds[stage] = time.perf_counter() - started
+        skipped = results[stage].get("skipped")
+        if not skipped:
+            _record_metrics(stage, results[stage], seconds[stage])
+        state = "skipped (manifest matches)" if skipped else "done"
+        log(f"[{stage}] {state} in {seconds[stage]:.1f}s: {json.dumps(results[stage].get('rows', {}))}")
+    if report.STAGE not in stages:
+        report.record_timings(config.run_dir, results, seconds, config.data.storage_options)
     return results
+
+
+def _record_metrics(stage: str, result: dict, seconds: float) -> None:
+    record("unime_stage_seconds_total", seconds, stage=stage)
+    for count, value in result.get("rows", {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):  # counts, not means or ratios
+            record("unime_stage_rows_total", value, stage=stage, count=count)

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from unime.config import ServeLimits
+from unime.monitoring import record
 from unime.serving.api import (
     EmbeddingsRequest,
     InputError,
@@ -97,8 +98,6 @@ class RerankerDeployment:
 class Ingress:
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
                  image_root: str = "", storage_options: dict | None = None):
-        from ray.util.metrics import Histogram
-
         from unime.data.images import ImageLimits
         from unime.pipeline.common import ImageCache
 
@@ -106,8 +105,6 @@ class Ingress:
         self.limits, self.api_key, self.rerank_mode = ServeLimits(**limits), api_key, rerank_mode
         self.corpus_images = ImageCache(image_root, ImageLimits(), storage_options)
         self.indexed_images: set[str] | None = None
-        self.latency = Histogram("unime_serve_request_seconds", description="request latency by route",
-                                 boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], tag_keys=("route",))
 
     def _authorise(self, authorization: str | None, x_api_key: str | None) -> None:
         if self.api_key is None:
@@ -153,7 +150,7 @@ class Ingress:
         check_range("input", len(request.input), 1, self.limits.max_batch)
         items = [check_item(item, self.limits, f"input[{k}]", request.instruction) for k, item in enumerate(request.input)]
         vectors = [await self.embedder.embed.remote(item) for item in items]
-        self.latency.observe(time.perf_counter() - started, tags={"route": "embeddings"})
+        record("unime_serve_request_seconds", time.perf_counter() - started, route="embeddings")
         return {"object": "list", "model": request.model or "unime-embedder",
                 "data": [{"object": "embedding", "index": k, "embedding": v.tolist()} for k, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
@@ -181,7 +178,7 @@ class Ingress:
                 head[k]["rerank_score"] = score
             hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
         done = time.perf_counter()
-        self.latency.observe(done - started, tags={"route": "search"})
+        record("unime_serve_request_seconds", done - started, route="search")
         return {"results": hits[: request.top_k], "rerank_mode": mode if request.rerank else None,
                 "timings_ms": {"embed": 1000 * (embedded - started), "retrieve": 1000 * (retrieved - embedded),
                                "rerank": 1000 * (done - retrieved), "total": 1000 * (done - started)}}
@@ -196,7 +193,7 @@ class Ingress:
         query = check_item(request.query, self.limits, "query")
         candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
         ranking = await self.reranker.rank.remote(query, candidates, mode)
-        self.latency.observe(time.perf_counter() - started, tags={"route": "rerank"})
+        record("unime_serve_request_seconds", time.perf_counter() - started, route="rerank")
         return {"mode": mode, "order": ranking["order"], "scores": ranking["scores"], "parsed": ranking["parsed"]}
 
 

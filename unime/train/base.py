@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+from unime.monitoring import record
 
 # The language model's attention and MLP projections (not the vision tower's, which share names).
 LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -88,12 +91,16 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
             trainer.load_state(folder)
         trainer.resumed_at.append(trainer.step_count)
     shard = ray.train.get_dataset_shard("train")
+    model, world = type(trainer).__name__.removesuffix("Trainer").lower(), context.get_world_size()
+    progress = _progress_bar(context.get_world_rank(), model, trainer.step_count, max_steps)
     while trainer.step_count < max_steps:
         batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
         for index, batch in enumerate(batches):
             if index < trainer.batches_in_epoch:
                 continue  # consumed before the checkpoint this run resumed from
+            started = time.perf_counter()
             loss = trainer.step(batch)
+            _record_step(model, loss, batch_size * world / (time.perf_counter() - started), progress)
             if fail_after_step is not None and not resumed and trainer.step_count == fail_after_step:
                 raise RuntimeError(f"injected training failure after step {fail_after_step} (faults config)")
             if trainer.step_count % checkpoint_every == 0 or trainer.step_count == max_steps:
@@ -104,6 +111,26 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
             if trainer.batches_in_epoch == 0:
                 raise RuntimeError("the worker's data shard yielded no full batch; lower the batch size")
             trainer.epoch, trainer.batches_in_epoch = trainer.epoch + 1, 0
+    if progress is not None:
+        progress.close()
+
+
+def _progress_bar(rank: int, model: str, done: int, total: int):
+    """A progress bar on rank 0 only (its lines reach the driver's console through Ray's log)."""
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"train {model}", unit="step", mininterval=5.0)
+
+
+def _record_step(model: str, loss: float, examples_per_second: float, progress) -> None:
+    record("unime_train_loss", loss, model=model)
+    record("unime_train_steps_total", 1, model=model)
+    record("unime_train_examples_per_second", examples_per_second, model=model)
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
 
 def report(trainer: TrainerBase, rank: int, loss: float) -> None:
