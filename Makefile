@@ -39,8 +39,11 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# The multinode tier starts its own clusters (AutoscalingCluster runs `ray stop`): a pytest
+# process of its own, after the session cluster of the first one is gone.
 test: setup browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not multinode"
+	$(PY) -m pytest -q -ra -m multinode
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"

@@ -111,9 +111,10 @@ class MetricsWatcher(threading.Thread):
     """Polls an endpoint while something runs and keeps the last value of every series seen:
     Ray drops a gauge ~2 s after its process stops setting it (a live value, like the loss)."""
 
-    def __init__(self, port: int, interval_s: float = 0.5):
+    def __init__(self, port: int, interval_s: float = 0.5, settle_s: float = 3.0):
         super().__init__(daemon=True)
-        self.port, self.interval_s, self.seen = port, interval_s, {}
+        self.port, self.interval_s, self.settle_s, self.seen = port, interval_s, settle_s, {}
+        time.sleep(settle_s)  # what earlier work recorded is exported before the baseline is read
         self.before = read_metrics(port)
         self._stop_event = threading.Event()
 
@@ -122,9 +123,9 @@ class MetricsWatcher(threading.Thread):
             self.seen.update(read_metrics(self.port))
             self._stop_event.wait(self.interval_s)
 
-    def finish(self, settle_s: float = 3.0) -> dict[str, float]:
-        """Stop after one more export interval; the last value of every series seen."""
-        time.sleep(settle_s)
+    def finish(self) -> dict[str, float]:
+        """Stop after a few export intervals; the last value of every series seen."""
+        time.sleep(self.settle_s)
         self._stop_event.set()
         self.join()
         self.seen.update(read_metrics(self.port))

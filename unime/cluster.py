@@ -41,6 +41,7 @@ class NodeType:
     min_workers: int = 0
     max_workers: int = 0
     is_head: bool = False
+    idle_timeout_s: float | None = None
 
     @property
     def custom_resources(self) -> dict[str, float]:
@@ -73,8 +74,62 @@ def launcher_node_types(config: dict) -> dict[str, NodeType]:
         node_types[name] = NodeType(name=name, is_head=is_head,
                                     resources={key: float(value) for key, value in spec.get("resources", {}).items()},
                                     min_workers=int(spec.get("min_workers", 0)),
-                                    max_workers=int(spec.get("max_workers", default_max)))
+                                    max_workers=int(spec.get("max_workers", default_max)),
+                                    idle_timeout_s=spec.get("idle_timeout_s"))
     return node_types
+
+
+def local_node_types(node_types: dict[str, NodeType], cpus_per_node: float = 1, max_workers: int | None = None,
+                     idle_timeout_s: float | None = None) -> dict[str, dict]:
+    """The worker node types of a cluster YAML, scaled to one machine, in the shape Ray's
+    fake multi-node provider takes (``ray.cluster_utils.AutoscalingCluster``'s
+    ``worker_node_types``; ``resources`` also suits ``Cluster.add_node``).
+
+    Names and custom resources are the YAML's, so a test built from them cannot drift from
+    ``cluster/``; CPUs become ``cpus_per_node``, GPUs are left out (each GPU node type's custom
+    resource stands for its GPUs here), ``max_workers`` and ``idle_timeout_s`` may be lowered.
+    """
+    local = {}
+    for name, node_type in node_types.items():
+        if node_type.is_head:
+            continue
+        spec = {"resources": {**node_type.custom_resources, "CPU": cpus_per_node}, "node_config": {},
+                "min_workers": node_type.min_workers,
+                "max_workers": min(node_type.max_workers, max_workers or node_type.max_workers)}
+        timeout = idle_timeout_s if idle_timeout_s is not None else node_type.idle_timeout_s
+        if timeout is not None:
+            spec["idle_timeout_s"] = timeout
+        local[name] = spec
+    return local
+
+
+FAKE_HEAD_NODE_TYPE = "ray.head.default"  # the name Ray's fake multi-node provider expects
+FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+
+
+def local_autoscaling_config(config: dict, cpus_per_node: float = 1, max_workers: int | None = None,
+                             idle_timeout_s: float | None = None) -> dict:
+    """A cluster-launcher config turned into one for Ray's fake multi-node provider on this
+    machine: the YAML's autoscaling settings and worker types (:func:`local_node_types`),
+    a head without CPUs like the YAML's, and no cloud, docker or setup commands."""
+    workers = local_node_types(launcher_node_types(config), cpus_per_node, max_workers, idle_timeout_s)
+    local = {key: value for key, value in config.items() if key in ("upscaling_speed", "idle_timeout_minutes")}
+    if idle_timeout_s is not None:
+        local["idle_timeout_minutes"] = idle_timeout_s / 60
+    return local | {
+        "cluster_name": f"{config['cluster_name']}-local",
+        "max_workers": sum(spec["max_workers"] for spec in workers.values()),
+        # "external" + module: the same fake provider as type "fake_multinode", without the
+        # defaults file that type reads (the ray wheel does not ship it)
+        "provider": {"type": "external", "module": FAKE_PROVIDER, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "available_node_types": {**workers, FAKE_HEAD_NODE_TYPE: {"resources": {"CPU": 0}, "node_config": {},
+                                                                  "max_workers": 0}},
+        "head_node_type": FAKE_HEAD_NODE_TYPE, "auth": {}, "docker": {}, "file_mounts": {},
+        "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        **{key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                               "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")},
+    }
 
 
 def kuberay_node_types(manifest: dict) -> dict[str, NodeType]:

@@ -59,12 +59,15 @@ class RayConfig:
     ``runtime_env`` is the job's one runtime environment: ``ray.init`` merges it with what
     ``ray job submit`` adds (``--working-dir``), and its ``env_vars`` also apply to the driver.
     ``metrics_export_port``: the Prometheus endpoint of a local Ray started by the job.
+    ``data_task_resources``: custom resources every Ray Data read/write task asks for, to
+    keep I/O on a node type (e.g. ``{cpu_node: 0.001}`` puts it on ``cluster/``'s CPU workers).
     """
 
     address: str | None = None
     num_cpus: int | None = None
     include_dashboard: bool = True
     metrics_export_port: int | None = None
+    data_task_resources: dict[str, float] = field(default_factory=dict)
     runtime_env: dict[str, Any] = field(default_factory=dict)
 
 

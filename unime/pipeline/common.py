@@ -26,6 +26,11 @@ def actor_options(actors: ActorConfig) -> dict[str, Any]:
     return options
 
 
+def task_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray remote arguments for Ray Data read/write tasks: the config's custom resources."""
+    return {"resources": dict(resources)} if resources else {}
+
+
 def pyarrow_filesystem(path: str, storage_options: dict | None = None):
     """A pyarrow filesystem over fsspec's (what Ray Data's readers and writers take)."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem

@@ -24,6 +24,7 @@ from unime.pipeline.common import (
     embeddings_column,
     pyarrow_filesystem,
     read_parquet_dir,
+    task_options,
 )
 
 STAGE = "embed"
@@ -89,7 +90,7 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
             "stage": stage,
         },
         **actor_options(config.embed.actors))
-    dataset.write_parquet(inner, filesystem=fs)
+    dataset.write_parquet(inner, filesystem=fs, ray_remote_args=task_options(config.ray.data_task_resources))
     written = read_parquet_dir(out, data.storage_options, columns=["id"]).num_rows
     if written != items.num_rows:
         raise RuntimeError(f"embedding wrote {written} vectors for {items.num_rows} items")

@@ -18,7 +18,7 @@ from unime.data.images import ImageChecker, ImageLimits
 from unime.data.readers import SUFFIXES, read_rows
 from unime.data.storage import filesystem, join, list_files
 from unime.pipeline import manifest
-from unime.pipeline.common import pyarrow_filesystem
+from unime.pipeline.common import pyarrow_filesystem, task_options
 
 STAGE = "ingest"
 STATUS_FIELDS = [("quarantined", pa.bool_()), ("field", pa.string()), ("reason", pa.string()),
@@ -48,8 +48,11 @@ def input_files(data: DataConfig) -> list[dict]:
     return described
 
 
-def run(data: DataConfig, run_dir: str) -> dict:
-    """Run (or skip, when its manifest matches) the ingest stage; returns the manifest."""
+def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None = None) -> dict:
+    """Run (or skip, when its manifest matches) the ingest stage; returns the manifest.
+
+    ``task_resources``: custom resources the read and write tasks ask for (placement only).
+    """
     import ray.data
     from ray.data.expressions import col
 
@@ -61,14 +64,15 @@ def run(data: DataConfig, run_dir: str) -> dict:
         return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
 
     tagged = ray.data.from_items([{"path": f["path"]} for f in files], override_num_blocks=len(files))
+    placement = task_options(task_resources or {})
     tagged = tagged.map_batches(ingest_files, batch_format="numpy", batch_size=1, fn_kwargs={
         "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
-    }).materialize()
+    }, **placement).materialize()
     markers = tagged.filter(expr=col("row_index") == -1).to_pandas()
     rows = tagged.filter(expr=col("row_index") != -1)
     good = rows.filter(expr=col("quarantined") == False).select_columns(schemas.PAIR.names)  # noqa: E712
     bad = rows.filter(expr=col("quarantined") == True).select_columns(schemas.QUARANTINE.names)  # noqa: E712
-    counts = _write_outputs(good, bad, run_dir, data.storage_options)
+    counts = _write_outputs(good, bad, run_dir, data.storage_options, placement)
     counts["input_rows"] = int(markers["input_rows"].sum())
     if counts["input_rows"] != counts["good_rows"] + counts["quarantined_rows"]:
         raise RuntimeError(f"ingest lost rows: {counts}")
@@ -77,14 +81,14 @@ def run(data: DataConfig, run_dir: str) -> dict:
                                    data.storage_options) | {"skipped": False}
 
 
-def _write_outputs(good, bad, run_dir: str, storage_options: dict) -> dict:
+def _write_outputs(good, bad, run_dir: str, storage_options: dict, placement: dict) -> dict:
     counts = {}
     for name, dataset, key in (("pairs", good, "good_rows"), ("quarantine", bad, "quarantined_rows")):
         fs, inner = pyarrow_filesystem(join(run_dir, STAGE, name), storage_options)
         fs.delete_dir_contents(inner, missing_dir_ok=True)  # leftovers of a crashed attempt
         counts[key] = dataset.count()
         if counts[key]:
-            dataset.write_parquet(inner, filesystem=fs)
+            dataset.write_parquet(inner, filesystem=fs, ray_remote_args=placement)
     return counts
 
 

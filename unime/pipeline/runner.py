@@ -25,7 +25,7 @@ from unime.pipeline import (
 )
 
 STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
-    "ingest": lambda config: ingest.run(config.data, config.run_dir),
+    "ingest": lambda config: ingest.run(config.data, config.run_dir, config.ray.data_task_resources),
     "embed": embed.run,
     "retrieve": retrieve.run,
     "judge": judge.run,
