@@ -1,14 +1,15 @@
 """Scale on paper: judging MMEB-train and training on N GPU nodes, from efficiencies measured here.
 
-    python bench/scale_on_paper.py [--queries 1000000] [--pairs-per-query 51] [--nodes 1,4,16,64]
+    python bench/scale_on_paper.py [--queries 1000000] [--pairs-per-query 51] [--nodes 1:1,4:1,16:2,64:8]
 
 Measured on this machine in this run: the dense matmul peak; the model FLOP utilisation
 (MFU) of the judge's forward (HF, a query's 51 pairs per batch) and of an embedder
 training step (GradCache), both on the ~100M-parameter Qwen2-VL/Qwen2.5-VL configs; the
 FLOP rate of exact FAISS search; the tokens of a judge prompt and the bytes per judge
 score row. Carried to the cluster: the same MFUs at H100 dense BF16 peak, the paper's
-models and image sizes (METHOD.md), and MMEB-train's size. Everything printed is either
-measured here or a stated constant; nothing else enters the arithmetic.
+models and image sizes (METHOD.md), and MMEB-train's size. Stated assumptions: DDP and
+judge sharding scale linearly in nodes (global batch and steps fixed), exact FAISS search
+scales linearly in cores. Everything printed is either measured here or a stated constant.
 """
 
 from __future__ import annotations
@@ -98,10 +99,11 @@ def score_row_bytes(rows: int = 100_000) -> float:
     return len(buffer.getvalue()) / rows
 
 
-def plan(measured: dict, queries: int, pairs_per_query: int, nodes: list[int]) -> list[str]:
+def plan(measured: dict, queries: int, pairs_per_query: int, nodes: list[tuple[int, int]], cpu_node_cores: int,
+         mfu_scale: float = 1.0) -> list[str]:
     peak = measured["matmul_peak"]
-    judge_mfu = measured["judge"]["flop_rate"] / peak
-    train_mfu = measured["train"]["flop_rate"] / peak
+    judge_mfu = measured["judge"]["flop_rate"] / peak * mfu_scale
+    train_mfu = measured["train"]["flop_rate"] / peak * mfu_scale
     # A judge prompt: the measured template, texts and images per pair, each image at the paper's size.
     judge = measured["judge"]
     text_tokens, images_per_pair = judge["text_tokens_per_pair"], judge["images_per_pair"]
@@ -114,7 +116,9 @@ def plan(measured: dict, queries: int, pairs_per_query: int, nodes: list[int]) -
     items = queries * (1 + CANDIDATES_PER_QUERY)
     embed_gpu_hours = 2 * EMBEDDER_PARAMS * item_tokens * items / (judge_mfu * H100_BF16_PEAK) / 3600
     candidates = queries * CANDIDATES_PER_QUERY
-    retrieval_hours = 2 * queries * candidates * EMBED_DIM / measured["faiss_flop_rate"] / 3600
+    faiss_rate = measured["faiss_flop_rate"] * cpu_node_cores / (os.cpu_count() or 1)
+    retrieval_hours = 2 * queries * candidates * EMBED_DIM / faiss_rate / 3600
+    embeddings_gb = items * EMBED_DIM * 4 / 1e9
     sequences = TRAIN["gpus_per_node"] * TRAIN["queries_per_gpu"] * TRAIN["sequences_per_query"]
     step_flops = 8 * EMBEDDER_PARAMS * sequences * item_tokens  # 2N per pass; GradCache: 4 passes
     train_hours = TRAIN["steps"] * step_flops / (TRAIN["gpus_per_node"] * train_mfu * H100_BF16_PEAK) / 3600
@@ -125,23 +129,27 @@ def plan(measured: dict, queries: int, pairs_per_query: int, nodes: list[int]) -
         f"judge prompt {judge['tokens_per_pair']:.0f} tokens padded, {text_tokens:.0f} text tokens and "
         f"{images_per_pair:.2f} images per pair; {measured['score_row_bytes']:.1f} parquet bytes per judge score",
         f"carried: {pair_tokens:.0f} tokens per pair ({text_tokens:.0f} text + {images_per_pair:.2f} x "
-        f"{JUDGE_IMAGE_TOKENS} image), {item_tokens:.0f} per embedded item; "
+        f"{JUDGE_IMAGE_TOKENS} image), {item_tokens:.0f} per embedded item ({TRAIN_IMAGE_TOKENS} per training "
+        f"image); "
         f"judge {JUDGE_PARAMS / 1e9:.1f}B, embedder {EMBEDDER_PARAMS / 1e9:.1f}B params; H100 BF16 peak "
         f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s at the MFUs above",
         f"MMEB-train: {queries:,} queries x {pairs_per_query} = {pairs / 1e6:.1f}M pairs, "
         f"{judge_flops:.2e} judge FLOPs = {judge_gpu_hours:,.0f} H100-hours "
         f"({pairs / (judge_gpu_hours * 3600):.0f} pairs/s per GPU); embedding {embed_gpu_hours:,.1f} H100-hours; "
-        f"exact global retrieval {retrieval_hours:,.1f} h on one node of this machine's speed "
-        f"({candidates * EMBED_DIM * 4 / 1e9:.1f} GB of candidates at dim {EMBED_DIM}); "
-        f"scores {pairs * measured['score_row_bytes'] / 1e9:.1f} GB of parquet; "
+        f"exact global retrieval {retrieval_hours:,.1f} h on one {cpu_node_cores}-core CPU node "
+        f"({candidates * EMBED_DIM * 4 / 1e9:.1f} GB of candidates at dim {EMBED_DIM}; {embeddings_gb:.1f} GB of "
+        f"embeddings through the object store); "
+        f"scores {pairs * measured['score_row_bytes'] / 1e9:.1f} GB of parquet "
+        f"({pairs * measured['score_row_bytes'] / (judge_gpu_hours * 3600) / 1e3:.1f} kB/s per judge GPU); "
         f"training {TRAIN['steps']} steps x {sequences:,} sequences = {train_hours:,.1f} h on one 8xH100 node",
-        "| judge GPU nodes | judge (h) | embed (h) | retrieval (h) | train, 1 node (h) | total (h) | bottleneck |",
-        "|---|---|---|---|---|---|---|",
+        "| judge-gpu nodes (1 GPU) | train-gpu nodes (8 GPUs) | judge (h) | embed (h) | retrieval (h) | train (h) "
+        "| total (h) | bottleneck |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for n in nodes:
-        stages = {"judge": judge_gpu_hours / n, "embed": embed_gpu_hours / n, "retrieval": retrieval_hours,
-                  "train": train_hours}
-        lines.append(f"| {n} | " + " | ".join(f"{hours:,.1f}" for hours in stages.values())
+    for judges, trainers in nodes:
+        stages = {"judge": judge_gpu_hours / judges, "embed": embed_gpu_hours / judges, "retrieval": retrieval_hours,
+                  "train": train_hours / trainers}
+        lines.append(f"| {judges} | {trainers} | " + " | ".join(f"{hours:,.2f}" for hours in stages.values())
                      + f" | {sum(stages.values()):,.1f} | {max(stages, key=stages.get)} |")
     return lines
 
@@ -150,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=1_000_000)
     parser.add_argument("--pairs-per-query", type=int, default=51)
-    parser.add_argument("--nodes", default="1,4,16,64")
+    parser.add_argument("--nodes", default="1:1,4:1,16:2,64:8", help="judge-gpu:train-gpu node counts per row")
+    parser.add_argument("--cpu-node-cores", type=int, default=32, help="cores of a cpu-worker (m6i.8xlarge: 32)")
     parser.add_argument("--judge-queries", type=int, default=2, help="queries (x51 pairs) timed for the judge MFU")
     parser.add_argument("--size", default="base100m", help="checkpoint size the MFUs are measured on")
     args = parser.parse_args(argv)
@@ -167,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                     "train": measure_training(str(checkpoints["embedder"]), corpus),
                     "faiss_flop_rate": measure_faiss(), "score_row_bytes": score_row_bytes()}
     print(f"scale on paper ({os.cpu_count()}-core CPU measured, {args.size} checkpoints)")
-    for line in plan(measured, args.queries, args.pairs_per_query, [int(n) for n in args.nodes.split(",")]):
+    nodes = [tuple(int(n) for n in row.split(":")) for row in args.nodes.split(",")]
+    for line in plan(measured, args.queries, args.pairs_per_query, nodes, args.cpu_node_cores):
+        print(line)
+    print("the same at half the measured MFUs (GPU kernels less efficient than this CPU's GEMMs):")
+    for line in plan(measured, args.queries, args.pairs_per_query, nodes, args.cpu_node_cores, mfu_scale=0.5)[-len(nodes):]:
         print(line)
     return 0
 
