@@ -34,9 +34,14 @@ def truth(demo_dir):
 
 
 def test_every_training_pair_is_a_match(truth, demo_dir):
+    import json
+
     for path in sorted((demo_dir / "train").glob("Demo*/train-00000.parquet")):
         for row in pq.read_table(path).to_pylist():
             assert truth.matches(row["qry"], row["qry_image_path"], row["pos_text"], row["pos_image_path"]), (path, row)
+    noisy = [json.loads(line) for line in (demo_dir / "train" / "DemoNoisy.jsonl").read_text().splitlines()[:2]]
+    for row in noisy:  # the good rows beside the broken ones
+        assert truth.matches(row["query_text"], row["query_image"], row["pos_text"], row["pos_image"]), row
 
 
 def test_eval_targets_first_one_matches_the_rest_do_not(truth, demo_dir):
@@ -92,3 +97,36 @@ def test_pool_truth_marks_true_false_negatives(truth, demo_dir):
                       "image": [image, "", "", ""]})
     pools = pa.table({"query_id": ["q"], "pool_ids": [["fits", "detail", "wrong"]]})
     assert pool_truth(pools, items, truth) == [[True, True, False]]
+
+
+@pytest.mark.integration
+def test_label_judge_filters_exactly_the_true_false_negatives(ray_cluster, demo_dir, tiny_dir, tmp_path, truth):
+    """Mining with the label judge: the filter removes every true match from the pools and
+    nothing else, so no mined hard negative truly answers its query."""
+    import numpy as np
+
+    from tests.helpers import mining_config, run_all
+    from unime.pipeline import embed, ingest, judge, mine, retrieve
+    from unime.pipeline.common import read_parquet_dir
+
+    config = mining_config(demo_dir, tiny_dir, tmp_path, "judge.backend=label", f"judge.model={demo_dir}",
+                           "mining.beta=0.01")
+    run_all(config)
+    pools = read_parquet_dir(retrieve.output_path(config.run_dir))
+    items = embed.unique_items(read_parquet_dir(ingest.output_paths(config.run_dir)["pairs"]))
+    true_matches = pool_truth(pools, items, truth)
+    scores = judge.read_scores(config.run_dir)
+    score = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
+                     scores["score"].to_pylist()))
+    filtered = [score[(q, c)] > score[(q, p)] - 0.01 for q, p, pool in
+                zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(), pools["pool_ids"].to_pylist())
+                for c in pool]
+    flat = np.array([v for row in true_matches for v in row])
+    assert flat.sum() > 0, "the test corpus's pools should hold some true false negatives"
+    quality = filter_quality(np.array(filtered), flat)
+    assert quality["precision"] == quality["recall"] == 1.0, quality
+    records = read_parquet_dir(mine.output_paths(config.run_dir)["mined_table"]).to_pylist()
+    item = dict(zip(items["id"].to_pylist(), zip(items["text"].to_pylist(), items["image"].to_pylist())))
+    for record in records:
+        query = item[record["query_id"]]
+        assert not any(truth.matches(*query, *item[n]) for n in record["hard_negative_ids"])

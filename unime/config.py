@@ -214,7 +214,7 @@ class JudgeConfig:
     ``queries_per_call`` queries (each with its positive and pool) go to the engine at once.
     """
 
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: Literal["vllm", "hf", "label"] = "vllm"
     model: str | None = None
     shard_size: int = 1000
     queries_per_call: int = 8

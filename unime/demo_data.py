@@ -313,8 +313,9 @@ def build(out_dir: str | Path, config: DemoCorpusConfig | None = None) -> dict:
         pq.write_table(pa.Table.from_pylist(mmeb), root / "train" / name / "train-00000.parquet")
         counts[f"train/{name}"] = len(rows)
     if config.noisy_rows:
-        counts["train/DemoNoisy.jsonl"] = write_noisy(root, scene_pairs(ALL_SCENES[0], "images/train/scene_00000.png",
-                                                                       writer.rng)["DemoI2T"] * 2)
+        first = writer.attributes[0]  # the good rows describe the image they name
+        good = scene_pairs(Scene(**json.loads(first["attributes"])), first["image"], writer.rng)["DemoI2T"] * 2
+        counts["train/DemoNoisy.jsonl"] = write_noisy(root, good)
     for name, rows in build_eval(writer, config).items():
         (root / "eval" / name).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), root / "eval" / name / "test-00000.parquet")

@@ -1,7 +1,9 @@
 """MLLM-as-a-judge: the judge prompt and P(Yes) scoring of query-candidate pairs.
 
-Two backends behind one interface, ``score(chats) -> P(Yes) per chat``: ``hf``
-(transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching).
+Two MLLM backends behind one interface, ``score(chats) -> P(Yes) per chat``: ``hf``
+(transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching);
+and ``label``, the demo corpus's ground truth as a judge (an upper bound for experiments),
+which scores ``(query_text, query_image, candidate_text, candidate_image)`` path tuples.
 """
 
 from unime.judge.hf import HFJudge, p_yes, yes_no_token_ids
@@ -19,7 +21,11 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
         return VLLMJudge(name_or_path, dtype=dtype, max_model_len=options.get("max_model_len", 8192),
                          kv_cache_gib=options.get("kv_cache_gib", 4.0),
                          prefix_caching=options.get("prefix_caching", True), **pixel_bounds)
-    raise ValueError(f"unknown judge backend {backend!r}; expected 'hf' or 'vllm'")
+    if backend == "label":
+        from unime.judge.label import LabelJudge
+
+        return LabelJudge(name_or_path, storage_options=options.get("storage_options"))
+    raise ValueError(f"unknown judge backend {backend!r}; expected 'hf', 'vllm' or 'label'")
 
 
 __all__ = ["HFJudge", "build_judge_messages", "make_judge", "message_images", "p_yes",

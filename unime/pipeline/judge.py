@@ -68,7 +68,8 @@ class JudgeShards:
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
                  hf_batch_size: int, fail_after_shards: int | None = None):
-        self.judge = make_judge(backend, model, dtype=dtype, device=device, **judge_options)
+        self.judge = make_judge(backend, model, dtype=dtype, device=device, storage_options=storage_options,
+                                **judge_options)
         if hasattr(self.judge, "warm_up"):
             self.judge.warm_up()
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-engine")
@@ -78,11 +79,15 @@ class JudgeShards:
         self.fail_after_shards, self.shards_started, self.in_flight = fail_after_shards, 0, 0
 
     def build_chats(self, rows: list[dict]) -> tuple[list, list[str], list[str]]:
+        """The judge's inputs: chats with decoded images, or path tuples for a judge that
+        needs no pixels (the label judge)."""
+        pixels = getattr(self.judge, "needs_pixels", True)
         chats, query_ids, candidate_ids = [], [], []
         for row in rows:
-            query_image = self.images.get(row["query_image"])
+            query_image = self.images.get(row["query_image"]) if pixels else None
             for cand, text, image in zip(row["candidate_ids"], row["candidate_texts"], row["candidate_images"]):
-                chats.append(build_judge_messages(row["query_text"], query_image, text, self.images.get(image)))
+                chats.append(build_judge_messages(row["query_text"], query_image, text, self.images.get(image))
+                             if pixels else (row["query_text"], row["query_image"], text, image))
                 query_ids.append(row["query_id"])
                 candidate_ids.append(cand)
         return chats, query_ids, candidate_ids

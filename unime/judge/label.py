@@ -1,0 +1,26 @@
+"""The label judge: scores a pair from the demo corpus's ground truth, not from pixels.
+
+An upper bound for the method experiment (issue 9): a judge that is never wrong about the
+demo corpus. It plugs into the judge stage like the MLLM judges (``judge.backend: label``,
+``judge.model``: the corpus folder with ``attributes.parquet``) and scores
+``(query_text, query_image, candidate_text, candidate_image)`` tuples (image paths as the
+pairs name them) with ``yes`` for a true match and ``no`` otherwise: soft labels for
+training, and a false-negative filter that removes exactly the true matches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unime.demo_truth import DemoTruth
+
+
+class LabelJudge:
+    needs_pixels = False  # scores image paths, not decoded images
+
+    def __init__(self, corpus_dir: str, yes: float = 0.95, no: float = 0.05, storage_options: dict | None = None):
+        self.truth = DemoTruth.load(corpus_dir, storage_options)
+        self.yes, self.no = yes, no
+
+    def score(self, pairs: list[tuple[str, str, str, str]], **_) -> np.ndarray:
+        return np.array([self.yes if self.truth.matches(*pair) else self.no for pair in pairs], dtype=np.float64)
