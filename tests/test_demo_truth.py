@@ -106,6 +106,7 @@ def test_label_judge_filters_exactly_the_true_false_negatives(ray_cluster, demo_
     import numpy as np
 
     from tests.helpers import mining_config, run_all
+    from unime.mining import is_false_negative
     from unime.pipeline import embed, ingest, judge, mine, retrieve
     from unime.pipeline.common import read_parquet_dir
 
@@ -118,9 +119,9 @@ def test_label_judge_filters_exactly_the_true_false_negatives(ray_cluster, demo_
     scores = judge.read_scores(config.run_dir)
     score = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
                      scores["score"].to_pylist()))
-    filtered = [score[(q, c)] > score[(q, p)] - 0.01 for q, p, pool in
+    filtered = [drop for q, p, pool in
                 zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(), pools["pool_ids"].to_pylist())
-                for c in pool]
+                for drop in is_false_negative([score[(q, c)] for c in pool], score[(q, p)], 0.01)]
     flat = np.array([v for row in true_matches for v in row])
     assert flat.sum() > 0, "the test corpus's pools should hold some true false negatives"
     quality = filter_quality(np.array(filtered), flat)

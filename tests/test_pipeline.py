@@ -109,6 +109,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     assert dom.count('class="figure"') == 3  # judge histograms, loss curves, P@1 by meta-task
     assert dom.count('class="example"') == 6 and 'class="card negative"' in dom
     assert "P@1 + rerank (pairwise)" in dom
+    assert "filter recall vs. ground truth" in dom  # the demo corpus records its ground truth
     assert (run_dir / "report/judge_scores.png").stat().st_size > 1000
     assert (run_dir / "report/losses.png").stat().st_size > 1000
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def is_false_negative(scores: Sequence[float], positive_score: float, beta: float = 0.01) -> list[bool]:
+    """The false-negative filter: a candidate scoring above ``positive_score - beta``."""
+    threshold = positive_score - beta
+    return [bool(s > threshold) for s in scores]
+
+
 def select_hard_negatives(candidate_ids: Sequence, scores: Sequence[float], positive_score: float,
                           num_negatives: int = 10, beta: float = 0.01) -> tuple[list, list[float]]:
     """Choose a query's hard negatives from its judged pool.
@@ -24,8 +30,8 @@ def select_hard_negatives(candidate_ids: Sequence, scores: Sequence[float], posi
     """
     if len(candidate_ids) != len(scores):
         raise ValueError(f"{len(candidate_ids)} candidates but {len(scores)} scores")
-    threshold = positive_score - beta
-    survivors = [(cid, float(s)) for cid, s in zip(candidate_ids, scores) if not s > threshold]
+    dropped = is_false_negative(scores, positive_score, beta)
+    survivors = [(cid, float(s)) for cid, s, drop in zip(candidate_ids, scores, dropped) if not drop]
     if not survivors:
         return [], []
     chosen = [survivors[i % len(survivors)] for i in range(num_negatives)]

@@ -19,7 +19,7 @@ from unime.config import PipelineConfig
 from unime.data import schemas
 from unime.data.mined import write_mined
 from unime.data.storage import join, write_bytes
-from unime.mining import select_hard_negatives
+from unime.mining import is_false_negative, select_hard_negatives
 from unime.pipeline import ingest, judge, manifest, retrieve
 from unime.pipeline.common import read_parquet_dir, write_parquet
 
@@ -49,7 +49,7 @@ def mine_pairs(pairs: pa.Table, pools: pa.Table, scores: pa.Table, num_negatives
         cand_scores = [score_of[(query, c)] for c in pool["pool_ids"]]
         positive_scores.append(positive)
         pool_scores += cand_scores
-        filtered += sum(s > positive - beta for s in cand_scores)
+        filtered += sum(is_false_negative(cand_scores, positive, beta))
         ids, chosen = select_hard_negatives(pool["pool_ids"], cand_scores, positive, num_negatives, beta)
         if not ids:
             skipped.append({k: pool[k] for k in ("source", "row_index", "dataset", "query_id")} | {"reason": SKIP_REASON})

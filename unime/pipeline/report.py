@@ -91,15 +91,47 @@ def judge_section(summary: dict | None, written: dict[str, bytes]) -> Section:
                    means + figure(written["judge_scores.png"], "judge score histograms"))
 
 
-def filter_section(summary: dict | None, beta: float) -> Section:
+def filter_section(config: PipelineConfig, summary: dict | None) -> Section:
     if summary is None:
         return Section("false-negatives", "False-negative filter", missing("mine"))
+    beta = config.mining.beta
     pool = max(1, summary["pool_pairs"])
     rows = [["pairs in", summary["pairs_in"]], ["pool candidates judged", summary["pool_pairs"]],
             [f"candidates filtered (score > s_pos - {beta})", summary["false_negatives_filtered"]],
             ["fraction of the pool filtered", summary["false_negatives_filtered"] / pool],
             ["records written", summary["records_out"]], ["pairs skipped (no survivor)", summary["skipped"]]]
+    truth = filter_truth(config)
+    if truth:
+        rows += [["true false negatives in the pools (ground truth)", truth["false_negatives"]],
+                 ["filter precision vs. ground truth", truth["precision"]],
+                 ["filter recall vs. ground truth", truth["recall"]]]
     return Section("false-negatives", "False-negative filter", table(["", "value"], rows, "{:.3f}"))
+
+
+def filter_truth(config: PipelineConfig) -> dict | None:
+    """The filter's precision and recall against the corpus's ground truth, where the corpus
+    records it (the demo corpus's ``attributes.parquet`` under ``data.image_root``)."""
+    import numpy as np
+
+    from unime.demo_truth import DemoTruth, filter_quality, pool_truth
+    from unime.mining import is_false_negative
+    from unime.pipeline import embed, ingest, judge, retrieve
+
+    run_dir, options = config.run_dir, config.data.storage_options
+    if not config.data.image_root or not exists(join(config.data.image_root, "attributes.parquet"), options):
+        return None
+    pools = read_parquet_dir(retrieve.output_path(run_dir), options)
+    items = embed.unique_items(read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options))
+    truly = np.array([v for row in pool_truth(pools, items, DemoTruth.load(config.data.image_root, options))
+                      for v in row], dtype=bool)
+    scores = judge.read_scores(run_dir, options)
+    score = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
+                     scores["score"].to_pylist()))
+    filtered = np.array([drop for query, positive, pool in zip(pools["query_id"].to_pylist(),
+                                                               pools["pos_id"].to_pylist(), pools["pool_ids"].to_pylist())
+                         for drop in is_false_negative([score[(query, c)] for c in pool], score[(query, positive)],
+                                                       config.mining.beta)], dtype=bool)
+    return filter_quality(filtered, truly)
 
 
 def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
@@ -174,7 +206,7 @@ def run(config: PipelineConfig) -> dict:
     records = read_parquet_dir(mined_path, options) if exists(mined_path, options) else None
     written: dict[str, bytes] = {}
     sections = [stages_section(config, [s for s in STAGES if s != STAGE]), judge_section(summary, written),
-                filter_section(summary, config.mining.beta), gallery_section(config, records),
+                filter_section(config, summary), gallery_section(config, records),
                 training_section(config, written), evaluation_section(config)]
     page = render_html("unime run report", sections, subtitle=f"run dir {run_dir}")
     for name, png in written.items():
