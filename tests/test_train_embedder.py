@@ -51,6 +51,13 @@ def test_loss_falls_and_artefacts_load(demo_dir, tiny_dir, mined, tmp_path):
     assert (tmp_path / "train_embedder" / "adapter" / "adapter_config.json").exists()
     assert train_embedder.run(config)["skipped"]
 
+    # Another config in the same run dir trains afresh: Ray Train would otherwise restore
+    # the old run's step-24 checkpoint under the same run name and stop at once.
+    changed = train_config(demo_dir, tiny_dir, mined, tmp_path, "train_embedder.max_steps=12",
+                           "train_embedder.checkpoint_every=6", "train_embedder.lr=1e-3")
+    assert train_embedder.run(changed)["rows"]["steps"] == 12
+    assert len(json.loads((tmp_path / "train_embedder" / "losses.json").read_text())) == 12
+
 
 def _final_progress(config):
     dataset, _ = train_embedder.examples_dataset(config)

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from unime.config import PLACEMENT_KEYS
-from unime.data.storage import is_remote, join, write_bytes
+from unime.data.storage import exists, filesystem, is_remote, join, read_bytes, write_bytes
 from unime.pipeline import manifest, mine
 from unime.pipeline.common import pyarrow_filesystem
 from unime.train.base import materialise_full, merge_adapter
@@ -58,6 +58,23 @@ def publish(result, base_model: str, run_dir: str, stage: str, storage_options: 
 
 
 
+def claim_checkpoints(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> None:
+    """Keep the stage's Ray Train checkpoints only for this fingerprint.
+
+    Ray Train restores a run of the same name and storage path from its latest checkpoint:
+    what a crashed run of the same config should do, but a run of another config (other
+    data, steps or learning rate) must start afresh rather than continue the old one.
+    """
+    storage = join(run_dir, stage, "ray")
+    marker = join(storage, "fingerprint")
+    if exists(marker, storage_options) and read_bytes(marker, storage_options).decode() == stage_fingerprint:
+        return
+    fs, inner = filesystem(storage, storage_options)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+    write_bytes(marker, stage_fingerprint.encode(), storage_options)
+
+
 def run_training_stage(config, stage: str, train, base_model: str, build) -> dict:
     """The shared body of the training stages: skip when complete, else fit, publish, record.
 
@@ -72,6 +89,7 @@ def run_training_stage(config, stage: str, train, base_model: str, build) -> dic
                                               "model": base_model, "dtype": config.models.dtype})
     if manifest.is_complete(run_dir, stage, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, stage, options) | {"skipped": True}
+    claim_checkpoints(run_dir, stage, stage_fingerprint, options)
     trainer, examples = build()
     progress = publish(trainer.fit(), base_model, run_dir, stage, options)
     losses = progress["losses"]
