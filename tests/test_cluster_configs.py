@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import ROOT
 from unime.cluster import (
     ClusterConfigError,
     NodeType,
@@ -27,12 +28,11 @@ from unime.cluster import (
 )
 from unime.config import ActorConfig, TrainPlacement, load_config
 
-REPO = Path(__file__).resolve().parent.parent
-CLUSTER = REPO / "cluster"
+CLUSTER = ROOT / "cluster"
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml"]
 CRD_FILES = {"raycluster.yaml": "ray.io_rayclusters.yaml", "rayjob.yaml": "ray.io_rayjobs.yaml",
              "rayservice.yaml": "ray.io_rayservices.yaml"}
-PIPELINE_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+PIPELINE_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 # Kubernetes builds pod and service names from these: DNS-1123 labels.
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -42,7 +42,7 @@ def kuberay_crd_dir() -> Path:
     if os.environ.get("UNIME_KUBERAY_CRDS"):
         candidates = [Path(os.environ["UNIME_KUBERAY_CRDS"])]
     else:
-        candidates = [REPO.parent / "shared" / "schemas" / "kuberay", Path("/work/shared/schemas/kuberay")]
+        candidates = [ROOT.parent / "shared" / "schemas" / "kuberay", Path("/work/shared/schemas/kuberay")]
     for candidate in candidates:
         if all((candidate / name).is_file() for name in CRD_FILES.values()):
             return candidate
@@ -254,7 +254,7 @@ def all_clusters() -> dict[str, dict[str, NodeType]]:
 
 @pytest.mark.parametrize("config_name", PIPELINE_CONFIGS)
 def test_pipeline_stages_fit_the_cluster(config_name):
-    requests = stage_requests(load_config(REPO / "configs" / config_name))
+    requests = stage_requests(load_config(ROOT / "configs" / config_name))
     assert {"judge.actors", "embed.actors", "eval.actors", "train_embedder", "train_reranker"} <= set(requests)
     for cluster, node_types in all_clusters().items():
         for stage, (bundle, count) in requests.items():
@@ -264,7 +264,7 @@ def test_pipeline_stages_fit_the_cluster(config_name):
 
 
 def test_stage_check_catches_a_resource_no_node_offers():
-    config = load_config(REPO / "configs" / "qwen2vl_2b.yaml",
+    config = load_config(ROOT / "configs" / "qwen2vl_2b.yaml",
                          ["judge.actors.resources={judge_gpu: 1}", "train_embedder.resources_per_worker={tpu_v5: 1}"])
     requests = stage_requests(config)
     node_types = all_clusters()["raycluster.yaml"]
@@ -278,7 +278,7 @@ def test_rayservice_serve_config_validates_and_mirrors_serve_config():
     from ray.serve.schema import ServeDeploySchema
 
     ServeDeploySchema.model_validate(serve_config_v2())
-    ours, repo = serve_config_v2(), yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    ours, repo = serve_config_v2(), yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     assert {k: v for k, v in ours.items() if k != "applications"} == \
         {k: v for k, v in repo.items() if k != "applications"}
     (app,), (repo_app,) = ours["applications"], repo["applications"]
@@ -321,8 +321,8 @@ def test_rayjob_runs_the_pipeline_on_the_raycluster():
     assert runtime_env["working_dir"].startswith("s3://") and runtime_env["working_dir"].endswith(".zip")
     assert all(isinstance(value, str) for value in runtime_env["env_vars"].values())
     script, *args = job["entrypoint"].split()[1:]
-    config_path = REPO / args[args.index("--config") + 1]
-    assert (REPO / script).is_file() and config_path.is_file()
+    config_path = ROOT / args[args.index("--config") + 1]
+    assert (ROOT / script).is_file() and config_path.is_file()
     # ray.init(runtime_env=config.ray.runtime_env) inside a job fails when the job's runtime_env
     # names the same field or env var (ray.runtime_env.runtime_env._merge_runtime_env)
     config_env = load_config(config_path).ray.runtime_env

@@ -62,3 +62,10 @@ def write_bytes(path: str, data: bytes, storage_options: dict[str, Any] | None =
 def read_bytes(path: str, storage_options: dict[str, Any] | None = None) -> bytes:
     with open_file(path, "rb", storage_options) as handle:
         return handle.read()
+
+
+def read_json(path: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The JSON document at ``path``, or None when there is none."""
+    import json
+
+    return json.loads(read_bytes(path, storage_options)) if exists(path, storage_options) else None

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from unime.data.storage import exists, join, read_bytes, write_bytes
+from unime.data.storage import join, read_json, write_bytes
 
 
 def fingerprint(payload: Any) -> str:
@@ -23,10 +23,7 @@ def manifest_path(run_dir: str, stage: str) -> str:
 
 
 def read_manifest(run_dir: str, stage: str, storage_options: dict | None = None) -> dict | None:
-    path = manifest_path(run_dir, stage)
-    if not exists(path, storage_options):
-        return None
-    return json.loads(read_bytes(path, storage_options))
+    return read_json(manifest_path(run_dir, stage), storage_options)
 
 
 def is_complete(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> bool:

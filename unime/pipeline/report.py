@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from unime.config import PipelineConfig
 from unime.data.images import ImageError, ImageLimits, load_image, resolve_image
-from unime.data.storage import exists, join, read_bytes, write_bytes
+from unime.data.storage import exists, join, read_bytes, read_json, write_bytes
 from unime.pipeline import evaluate, manifest, mine, train_embedder, train_reranker
 from unime.pipeline.common import read_parquet_dir
 from unime.reporting import (
@@ -39,10 +39,6 @@ GALLERY_NEGATIVES = 5
 
 def timings_path(run_dir: str) -> str:
     return join(run_dir, STAGE, TIMINGS)
-
-
-def read_json(path: str, options: dict | None) -> dict | list | None:
-    return json.loads(read_bytes(path, options)) if exists(path, options) else None
 
 
 def record_timings(run_dir: str, results: dict[str, dict], seconds: dict[str, float], options: dict | None) -> None:

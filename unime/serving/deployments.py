@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from dataclasses import asdict
@@ -93,6 +94,16 @@ class RerankerDeployment:
                 "parsed": ranking.parsed}
 
 
+@contextlib.contextmanager
+def observed(route: str):
+    """Time one request into ``unime_serve_request_seconds`` by route (rejected ones too)."""
+    started = time.perf_counter()
+    try:
+        yield started
+    finally:
+        record("unime_serve_request_seconds", time.perf_counter() - started, route=route)
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -145,12 +156,12 @@ class Ingress:
     @app.post("/v1/embeddings")
     async def embeddings(self, request: EmbeddingsRequest, authorization: str | None = Header(None),
                          x_api_key: str | None = Header(None)) -> dict:
-        started = time.perf_counter()
-        self._authorise(authorization, x_api_key)
-        check_range("input", len(request.input), 1, self.limits.max_batch)
-        items = [check_item(item, self.limits, f"input[{k}]", request.instruction) for k, item in enumerate(request.input)]
-        vectors = [await self.embedder.embed.remote(item) for item in items]
-        record("unime_serve_request_seconds", time.perf_counter() - started, route="embeddings")
+        with observed("embeddings"):
+            self._authorise(authorization, x_api_key)
+            check_range("input", len(request.input), 1, self.limits.max_batch)
+            items = [check_item(item, self.limits, f"input[{k}]", request.instruction)
+                     for k, item in enumerate(request.input)]
+            vectors = [await self.embedder.embed.remote(item) for item in items]
         return {"object": "list", "model": request.model or "unime-embedder",
                 "data": [{"object": "embedding", "index": k, "embedding": v.tolist()} for k, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
@@ -158,27 +169,27 @@ class Ingress:
     @app.post("/v1/search")
     async def search(self, request: SearchRequest, authorization: str | None = Header(None),
                      x_api_key: str | None = Header(None)) -> dict:
-        started = time.perf_counter()
-        self._authorise(authorization, x_api_key)
-        check_range("top_k", request.top_k, 1, self.limits.max_top_k)
-        check_range("rerank_k", request.rerank_k, 1, self.limits.max_rerank_k)
-        mode = self._mode(request.rerank_mode)
-        query = check_item(request.query, self.limits, "query", request.instruction)
-        vector = await self.embedder.embed.remote(query)
-        embedded = time.perf_counter()
-        hits = await self.retriever.search.remote(vector, max(request.top_k, request.rerank_k if request.rerank else 0))
-        retrieved = time.perf_counter()
-        for rank, hit in enumerate(hits):
-            hit["retrieval_rank"], hit["rerank_score"] = rank, None
-        if request.rerank and hits:
-            head = hits[: request.rerank_k]
-            candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
-            ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
-            for k, score in enumerate(ranking["scores"]):
-                head[k]["rerank_score"] = score
-            hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
-        done = time.perf_counter()
-        record("unime_serve_request_seconds", done - started, route="search")
+        with observed("search") as started:
+            self._authorise(authorization, x_api_key)
+            check_range("top_k", request.top_k, 1, self.limits.max_top_k)
+            check_range("rerank_k", request.rerank_k, 1, self.limits.max_rerank_k)
+            mode = self._mode(request.rerank_mode)
+            query = check_item(request.query, self.limits, "query", request.instruction)
+            vector = await self.embedder.embed.remote(query)
+            embedded = time.perf_counter()
+            wanted = max(request.top_k, request.rerank_k if request.rerank else 0)
+            hits = await self.retriever.search.remote(vector, wanted)
+            retrieved = time.perf_counter()
+            for rank, hit in enumerate(hits):
+                hit["retrieval_rank"], hit["rerank_score"] = rank, None
+            if request.rerank and hits:
+                head = hits[: request.rerank_k]
+                candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
+                ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
+                for k, score in enumerate(ranking["scores"]):
+                    head[k]["rerank_score"] = score
+                hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
+            done = time.perf_counter()
         return {"results": hits[: request.top_k], "rerank_mode": mode if request.rerank else None,
                 "timings_ms": {"embed": 1000 * (embedded - started), "retrieve": 1000 * (retrieved - embedded),
                                "rerank": 1000 * (done - retrieved), "total": 1000 * (done - started)}}
@@ -186,14 +197,13 @@ class Ingress:
     @app.post("/v1/rerank")
     async def rerank(self, request: RerankRequest, authorization: str | None = Header(None),
                      x_api_key: str | None = Header(None)) -> dict:
-        started = time.perf_counter()
-        self._authorise(authorization, x_api_key)
-        check_range("candidates", len(request.candidates), 1, self.limits.max_rerank_k)
-        mode = self._mode(request.mode)
-        query = check_item(request.query, self.limits, "query")
-        candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
-        ranking = await self.reranker.rank.remote(query, candidates, mode)
-        record("unime_serve_request_seconds", time.perf_counter() - started, route="rerank")
+        with observed("rerank"):
+            self._authorise(authorization, x_api_key)
+            check_range("candidates", len(request.candidates), 1, self.limits.max_rerank_k)
+            mode = self._mode(request.mode)
+            query = check_item(request.query, self.limits, "query")
+            candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
+            ranking = await self.reranker.rank.remote(query, candidates, mode)
         return {"mode": mode, "order": ranking["order"], "scores": ranking["scores"], "parsed": ranking["parsed"]}
 
 
