@@ -250,6 +250,9 @@ class EmbedderTrainConfig(TrainPlacement):
     queries_per_worker: int = 64
     num_hard_negatives: int = 8
     temperature: float = 0.02
+    # loss = soft_label_weight * soft-label KL + infonce_weight * InfoNCE (paper: 1 and 0);
+    # soft_label_weight 0 and infonce_weight 1 is plain contrastive training (VLM2Vec).
+    soft_label_weight: float = 1.0
     infonce_weight: float = 0.0
     lr: float = 1e-4
     warmup_steps: int = 200
@@ -269,7 +272,13 @@ class EmbedderTrainConfig(TrainPlacement):
 
     def __post_init__(self):
         _check(self.temperature > 0, "temperature", "must be > 0")
-        _check(0 < self.num_hard_negatives <= 10, "num_hard_negatives", "must be in 1..10")
+        _check(0 <= self.num_hard_negatives <= 10, "num_hard_negatives", "must be in 0..10")
+        _check(self.soft_label_weight >= 0 and self.infonce_weight >= 0, "soft_label_weight",
+               "loss weights must be >= 0")
+        _check(self.soft_label_weight + self.infonce_weight > 0, "soft_label_weight",
+               "soft_label_weight and infonce_weight are both 0: nothing to train")
+        _check(self.num_hard_negatives > 0 or not self.soft_label_weight, "num_hard_negatives",
+               "the soft-label loss needs at least one hard negative per query")
 
 
 @dataclass
@@ -288,6 +297,9 @@ class RerankerTrainConfig(TrainPlacement):
     # models: with frozen final norm and LM head, LoRA alone cannot raise the logit scale
     # enough to fit an answer format.
     full_finetune: bool = False
+    # The paper freezes the (pretrained) vision tower; a model trained from random init needs
+    # it trained too (the method experiment's judge and reranker).
+    freeze_vision: bool = True
     listwise_candidates: int = 5
     checkpoint_every: int = 100
     seed: int = 0
@@ -394,7 +406,8 @@ def apply_override(data: dict, override: str) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = PipelineConfig):
+    """``cls`` (default :class:`PipelineConfig`) from a YAML file and dotted overrides."""
     data: dict = {}
     if path is not None:
         try:
@@ -404,6 +417,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for override in overrides or []:
         apply_override(data, override)
     try:
-        return from_dict(PipelineConfig, data)
+        return from_dict(cls, data)
     except ConfigError as exc:
         raise ConfigError(f"{path or '<defaults>'}: {exc}") from None

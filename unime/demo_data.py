@@ -10,7 +10,9 @@ PIL and writes, deterministically for a seed:
 - ``train/DemoNoisy.jsonl``: a few deliberately broken rows (missing, corrupt and empty
   images, empty queries) beside good ones, so that every run exercises the quarantine;
 - ``eval/<Subset>/test-00000.parquet``: MMEB-eval rows (``qry_text, qry_img_path,
-  tgt_text[], tgt_img_path[]``, the positive at index 0) on held-out renders;
+  tgt_text[], tgt_img_path[]``, the positive at index 0) on held-out renders; with
+  ``held_out_combos`` > 0 some (shape, colour) combinations never appear in training and
+  the ``*Novel`` subsets ask about them (out-of-distribution compositions);
 - ``eval_global/captions.parquet``: ``(caption, image)``, two captions per held-out image,
   for global image-text retrieval (recall@k both ways);
 - ``images/``: the PNGs all paths are relative to, and ``attributes.parquet``, the ground
@@ -81,8 +83,27 @@ class Scene:
 # The demo subsets by MMEB meta-task (all in-distribution), for unime.eval.mmeb.aggregate.
 EVAL_GROUPS = {"Classification": (["DemoShapeCls", "DemoColourCls"], []), "VQA": (["DemoVQA"], []),
                "Retrieval": (["DemoI2T", "DemoT2I"], []), "Grounding": (["DemoGrounding"], [])}
+# Out-of-distribution subsets of a corpus with held-out (shape, colour) combinations.
+NOVEL_SUBSETS = {"VQA": ["DemoVQANovel"], "Retrieval": ["DemoI2TNovel", "DemoT2INovel"]}
 
 ALL_SCENES = [Scene(*combo) for combo in itertools.product(SHAPES, COLOURS, COUNT_WORDS, POSITIONS)]
+
+
+def eval_groups(novel: bool = False) -> dict[str, tuple[list[str], list[str]]]:
+    """The demo subsets by meta-task; with ``novel`` the held-out compositions as OOD."""
+    return {task: (ind, list(NOVEL_SUBSETS.get(task, [])) if novel else []) for task, (ind, _) in EVAL_GROUPS.items()}
+
+
+def held_out_combos(seed: int, count: int) -> set[tuple[str, str]]:
+    """``count`` (shape, colour) combinations kept out of training, chosen by ``seed``, at most
+    one per shape and per colour so that every shape and every colour is still seen."""
+    rng = random.Random(f"held-out-{seed}")
+    shapes, colours = list(SHAPES), list(COLOURS)
+    rng.shuffle(shapes)
+    rng.shuffle(colours)
+    if count > min(len(shapes), len(colours)):
+        raise ValueError(f"held_out_combos={count}: at most {min(len(shapes), len(colours))}")
+    return set(zip(shapes[:count], colours[:count]))
 
 
 @dataclass
@@ -94,6 +115,7 @@ class DemoCorpusConfig:
     eval_queries: int = 60
     eval_candidates: int = 20
     noisy_rows: bool = True
+    held_out_combos: int = 0
 
 
 @dataclass
@@ -101,7 +123,16 @@ class _Writer:
     root: Path
     rng: random.Random
     image_size: int
+    held_out: set[tuple[str, str]] = field(default_factory=set)
     attributes: list[dict] = field(default_factory=list)
+
+    @property
+    def seen_scenes(self) -> list[Scene]:
+        return [s for s in ALL_SCENES if (s.shape, s.colour) not in self.held_out]
+
+    @property
+    def novel_scenes(self) -> list[Scene]:
+        return [s for s in ALL_SCENES if (s.shape, s.colour) in self.held_out]
 
     def save(self, image, rel_path: str, attributes: dict) -> str:
         path = self.root / "images" / rel_path
@@ -184,17 +215,18 @@ def _eval_row(qry_text: str, qry_img: str, targets: list[tuple[str, str]]) -> di
             "tgt_img_path": [i for _, i in targets]}
 
 
-def _render_scenes(writer: _Writer, split: str, count: int) -> list[tuple[Scene, str]]:
-    rendered = []
+def _render_scenes(writer: _Writer, split: str, count: int, scenes: list[Scene] | None = None,
+                   stem: str = "scene") -> list[tuple[Scene, str]]:
+    rendered, scenes = [], scenes or writer.seen_scenes
     for idx in range(count):
-        scene = writer.rng.choice(ALL_SCENES)
+        scene = writer.rng.choice(scenes)
         image = render_scene(scene, writer.image_size, writer.rng)
-        rendered.append((scene, writer.save(image, f"{split}/scene_{idx:05d}.png", asdict(scene))))
+        rendered.append((scene, writer.save(image, f"{split}/{stem}_{idx:05d}.png", asdict(scene))))
     return rendered
 
 
 def _render_grounding(writer: _Writer, split: str, count: int) -> list[tuple[list, str, list[str]]]:
-    kinds = list(itertools.product(SHAPES, COLOURS))
+    kinds = [kind for kind in itertools.product(SHAPES, COLOURS) if kind not in writer.held_out]
     rendered = []
     for idx in range(count):
         objects = writer.rng.sample(kinds, 2)
@@ -241,10 +273,7 @@ def build_eval(writer: _Writer, config: DemoCorpusConfig) -> dict[str, list[dict
             truth = getattr(scene, "shape" if key == "shape_cls" else "colour")
             ordered = [truth, *[label for label in labels if label != truth]]
             subsets[name].append(_eval_row(INSTRUCTIONS[key], image, [(label, "") for label in ordered]))
-        question, answer_of, answers = QUESTIONS[rng.choice(sorted(QUESTIONS))]
-        truth = answer_of(scene)
-        vqa_targets = [(a, "") for a in [truth, *[a for a in answers if a != truth]]]
-        subsets["DemoVQA"].append(_eval_row(INSTRUCTIONS["vqa"].format(question=question), image, vqa_targets))
+        subsets["DemoVQA"].append(_vqa_eval_row(rng, scene, image))
     grounding = _render_grounding(writer, "eval", config.eval_queries)
     all_crops = [(obj, crop) for objects, _, crops in grounding for obj, crop in zip(objects, crops)]
     for objects, image, crops in grounding:
@@ -254,6 +283,32 @@ def build_eval(writer: _Writer, config: DemoCorpusConfig) -> dict[str, list[dict
         label = " ".join(reversed(objects[target]))
         subsets["DemoGrounding"].append(_eval_row(
             INSTRUCTIONS["grounding"].format(label=label), image, [(INSTRUCTIONS["crop_target"], c) for c in candidates]))
+    if writer.held_out:
+        subsets |= build_novel_eval(writer, config, scenes)
+    return subsets
+
+
+def _vqa_eval_row(rng: random.Random, scene: Scene, image: str) -> dict:
+    question, answer_of, answers = QUESTIONS[rng.choice(sorted(QUESTIONS))]
+    truth = answer_of(scene)
+    targets = [(a, "") for a in [truth, *[a for a in answers if a != truth]]]
+    return _eval_row(INSTRUCTIONS["vqa"].format(question=question), image, targets)
+
+
+def build_novel_eval(writer: _Writer, config: DemoCorpusConfig, seen: list[tuple[Scene, str]]) -> dict[str, list[dict]]:
+    """Subsets over renders of the held-out (shape, colour) combinations: their captions,
+    images and questions never occur in training. T2I candidates mix seen and novel renders."""
+    rng, n_cand = writer.rng, config.eval_candidates
+    novel = _render_scenes(writer, "eval", config.eval_queries, writer.novel_scenes, stem="novel")
+    renders = seen + novel
+    subsets: dict[str, list[dict]] = {"DemoI2TNovel": [], "DemoT2INovel": [], "DemoVQANovel": []}
+    for scene, image in novel:
+        captions = [(s.caption(2), "") for s in [scene, *_distractors(rng, scene, n_cand - 1)]]
+        subsets["DemoI2TNovel"].append(_eval_row(INSTRUCTIONS["i2t"], image, captions))
+        others = rng.sample([i for s, i in renders if s != scene], n_cand - 1)
+        targets = [(INSTRUCTIONS["image_target"], i) for i in [image, *others]]
+        subsets["DemoT2INovel"].append(_eval_row(INSTRUCTIONS["t2i"].format(caption=scene.caption(2)), "", targets))
+        subsets["DemoVQANovel"].append(_vqa_eval_row(rng, scene, image))
     return subsets
 
 
@@ -304,7 +359,8 @@ def build(out_dir: str | Path, config: DemoCorpusConfig | None = None) -> dict:
 
     config = config or DemoCorpusConfig()
     root = Path(out_dir)
-    writer = _Writer(root, random.Random(config.seed), config.image_size)
+    writer = _Writer(root, random.Random(config.seed), config.image_size,
+                     held_out_combos(config.seed, config.held_out_combos))
     counts: dict[str, int] = {}
     for name, rows in build_train(writer, config).items():
         mmeb = [{"qry": r["query_text"], "qry_image_path": r["query_image"], "pos_text": r["pos_text"],

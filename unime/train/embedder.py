@@ -1,7 +1,8 @@
 """The UniME-V2 embedder trainer: soft-label alignment over mined records (METHOD.md section 5).
 
 Per query the candidates are [positive, hn_1..hn_K] with judge scores [s_pos, s_1..s_K];
-the loss is :func:`unime.losses.soft_kl_alignment` (plus an optional InfoNCE term). LoRA or
+the loss is :func:`unime.losses.soft_kl_alignment` (plus an optional InfoNCE term, or InfoNCE
+alone for a contrastive baseline). LoRA or
 DoRA through PEFT on the language model's projections (or full fine-tuning), AdamW with
 linear warm-up and decay, GradCache sub-batches, bf16 autocast on GPU.
 
@@ -90,8 +91,11 @@ class EmbedderTrainer(TrainerBase):
 
         def loss(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
             candidates = candidates.reshape(batch, per_query, -1)
-            sims = torch.einsum("bd,bcd->bc", queries, candidates)
-            value = soft_kl_alignment(sims, judge_scores, self.config.temperature)
+            value = queries.new_zeros(())
+            if self.config.soft_label_weight:
+                sims = torch.einsum("bd,bcd->bc", queries, candidates)
+                value = value + self.config.soft_label_weight * soft_kl_alignment(
+                    sims, judge_scores, self.config.temperature)
             if self.config.infonce_weight:
                 value = value + self.config.infonce_weight * info_nce(
                     queries, candidates, self.config.temperature, self.config.in_batch_negatives)

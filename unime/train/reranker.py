@@ -60,7 +60,8 @@ class RerankerTrainer(TrainerBase):
         self.processor = load_processor(model, min_pixels=min_pixels, max_pixels=max_pixels)
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
                                full_finetune=train.full_finetune)
-        self.model.model.visual.requires_grad_(False)  # the vision tower stays frozen either way
+        if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
+            self.model.model.visual.requires_grad_(False)
         self.module: torch.nn.Module = self.model
         self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options)
         per_step = train.micro_batch_size * world_size
@@ -94,7 +95,7 @@ class RerankerTrainer(TrainerBase):
         for start in range(0, len(rows), size):
             loss = self.micro_loss(rows[start: start + size]) / self.accumulation
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1

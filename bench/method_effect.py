@@ -1,0 +1,232 @@
+"""Does the method work? UniME-V2 against InfoNCE on the demo corpus (issue 9).
+
+    python bench/method_effect.py                       # configs/method_effect.yaml, ~40 min here
+    python bench/method_effect.py seeds=[0] embedder.steps=20 ...   # dotted overrides
+
+Trains a judge MLLM on the training split, mines the training pairs with it (and with the
+label judge, the upper bound), trains every arm for each seed from the same random init,
+and evaluates P@1 on every eval subset (in-distribution and held-out compositions). Writes
+under ``out_dir``: ``results.json``, ``table.md``, ``method_effect.png`` and ``report.html``,
+and prints the table. Reruns reuse finished parts whose configuration is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from unime.config import load_config  # noqa: E402
+from unime.experiments import method_effect as me  # noqa: E402
+from unime.experiments import method_effect_report as report  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "configs" / "method_effect.yaml"
+
+
+class Clock:
+    """Wall seconds per phase, kept in ``phases.json`` across reruns: a phase reused from an
+    earlier run keeps the time it took when it ran, so the total is the from-scratch cost."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def time(self, phase: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.seconds[phase] = time.perf_counter() - started
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.seconds, indent=1))
+        print(f"[method_effect] {phase}: {self.seconds[phase]:.0f} s", flush=True)
+        return value
+
+
+def train_judge(config, paths, pairs, clock) -> tuple[Path, list[float]]:
+    out = Path(config.out_dir) / "models" / "judge_trained"
+    key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.judge))
+
+    def compute():
+        folder, losses = me.train_chat_model(paths["judge"], me.judge_examples(pairs, seed=0), config.judge.steps,
+                                             config.judge.chats_per_step, config.judge.lr, paths["corpus"], out)
+        return {"losses": losses}
+    losses = clock.time("train judge", me.cached_json, out / "unime_result.json", key, compute)["losses"]
+    return out, losses
+
+
+def judge_scores(config, judge_name, judge, pools, items, images, key) -> me.pa.Table:
+    """The pool's judge scores, stored as parquet under the run (recomputed when ``key`` changes)."""
+    import pyarrow.parquet as pq
+
+    path = Path(config.out_dir) / "mining" / f"scores_{judge_name}.parquet"
+    stamp = path.with_suffix(".key")
+    if path.exists() and stamp.exists() and stamp.read_text() == key:
+        return pq.read_table(path)
+    requests = me.judge_requests(pools)
+    pairs = [(*items[q], *items[c]) for q, c in requests]
+    if judge_name == "label":
+        scores = judge.score(pairs)
+    else:
+        scores = me.score_pairs(judge, pairs, images, config.judge.score_batch)
+    table = me.scores_table(requests, scores)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    stamp.write_text(key)
+    return table
+
+
+def run(config: me.MethodEffectConfig) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+
+    from unime.data.images import ImageLimits
+    from unime.demo_truth import DemoTruth
+    from unime.judge import HFJudge
+    from unime.judge.label import LabelJudge
+    from unime.pipeline.common import ImageCache
+
+    torch.set_num_threads(config.torch_threads)
+    out = Path(config.out_dir)
+    clock = Clock(out / "phases.json")
+    paths = clock.time("prepare corpus and checkpoints", me.prepare, config)
+    pairs, tables = me.read_corpus(paths["corpus"])
+    images = ImageCache(str(paths["corpus"]), ImageLimits(), capacity=1 << 16)
+    truth, items = DemoTruth.load(str(paths["corpus"])), me.item_lookup(pairs)
+    results: dict = {"config": asdict(config), "train_pairs": pairs.num_rows,
+                     "eval_rows": {name: table.num_rows for name, table in tables.items()}, "arms": {}, "judges": {}}
+
+    judge_dir, results["judge_losses"] = train_judge(config, paths, pairs, clock)
+    trained_judge = HFJudge(str(judge_dir), dtype="float32", device="cpu")
+    label_judge = LabelJudge(str(paths["corpus"]))
+    held_out = me.eval_pairs(tables, config.judge.auc_candidates)
+    held_out_scores = clock.time("judge held-out pairs", me.score_pairs, trained_judge, held_out, images,
+                                 config.judge.score_batch)
+    results["judges"]["trained"] = {"held_out_auc": me.judge_auc(held_out_scores, held_out, truth),
+                                    "held_out_pairs": len(held_out)}
+    results["judges"]["label"] = {"held_out_auc": me.judge_auc(label_judge.score(held_out), held_out, truth),
+                                  "held_out_pairs": len(held_out)}
+
+    # Arm (i) for every seed; the first seed's embedder retrieves the mining pool (the
+    # off-the-shelf VLM2Vec-style retriever of METHOD.md section 2).
+    retrieval_key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.embedder),
+                                   config.seeds[0], config.mining.pool_size)
+    pools_path = out / "mining" / "pools.parquet"
+
+    def infonce_unit(seed):
+        def compute():
+            trainer = clock.time(f"train infonce seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
+                                 me.plain_records(pairs), me.arm_train_config("infonce", config.embedder, seed),
+                                 paths["corpus"])
+            scores, _ = clock.time(f"evaluate infonce seed {seed}", me.evaluate, trainer.embedder, tables, images,
+                                   config.embed_batch)
+            if seed == config.seeds[0]:
+                pools = clock.time("global retrieval", me.retrieval_pools, trainer.embedder, pairs, images,
+                                   config.mining.pool_size, config.embed_batch)
+                pools_path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pools, pools_path)
+                pools_path.with_suffix(".key").write_text(retrieval_key)
+            return {"p_at_1": scores, "losses": trainer.losses}
+        return compute
+
+    def arm_key(arm, seed, *extra):
+        return me.fingerprint(arm, seed, asdict(config.corpus), config.model_size, asdict(config.embedder), *extra)
+
+    for seed in config.seeds:
+        key = arm_key("infonce", seed)
+        path = out / "results" / f"infonce_seed{seed}.json"
+        if seed == config.seeds[0] and not (pools_path.exists() and pools_path.with_suffix(".key").read_text()
+                                            == retrieval_key):
+            path.unlink(missing_ok=True)
+        results["arms"].setdefault("infonce", {})[seed] = me.cached_json(path, key, infonce_unit(seed))
+    pools = pq.read_table(pools_path)
+
+    trained_key = me.fingerprint(retrieval_key, asdict(config.judge))
+    mined = {}
+    for name, judge, key in (("trained", trained_judge, trained_key), ("label", label_judge, retrieval_key)):
+        scores = clock.time(f"{name} judge scores the pools", judge_scores, config, name, judge, pools, items,
+                            images, key)
+        records, stats = me.mine(pairs, pools, scores, config.mining)
+        mined[name] = records
+        results["judges"][name] |= {"filter": me.filter_statistics(pools, scores, items, truth, config.mining.beta),
+                                    "records": len(records), "skipped": stats["skipped"],
+                                    "pool_pairs": stats["pool_pairs"]}
+
+    reranker_dir = None
+    if "unime_rerank" in config.arms:
+        reranker_dir = out / "models" / "reranker_trained"
+        reranker_key = me.fingerprint(trained_key, asdict(config.reranker))
+
+        def train_reranker():
+            from unime.train.reranker import reranker_examples
+            examples = reranker_examples(me.pa.Table.from_pylist(mined["trained"]), seed=0).to_pylist()
+            _, losses = me.train_chat_model(paths["reranker"], examples, config.reranker.steps,
+                                            config.reranker.chats_per_step, config.reranker.lr, paths["corpus"],
+                                            reranker_dir)
+            return {"losses": losses}
+        results["reranker_losses"] = clock.time("train reranker", me.cached_json, reranker_dir / "unime_result.json",
+                                                reranker_key, train_reranker)["losses"]
+
+    retrieved = me.retrieval_negatives(pools, items, config.embedder.num_hard_negatives)
+    arm_data = {"infonce_hard": (me.plain_records(pairs, retrieved), retrieval_key),
+                "unime": (mined["trained"], trained_key), "unime_label": (mined["label"], retrieval_key)}
+    for arm in ("infonce_hard", "unime", "unime_label"):
+        if arm not in config.arms:
+            continue
+        records, data_key = arm_data[arm]
+        rerank = arm == "unime" and reranker_dir is not None
+        for seed in config.seeds:
+            extra = (data_key, asdict(config.reranker) if rerank else None)
+
+            def compute(arm=arm, seed=seed, records=records, rerank=rerank):
+                trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
+                                     records, me.arm_train_config(arm, config.embedder, seed), paths["corpus"])
+                p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder,
+                                                tables, images, config.embed_batch)
+                value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
+                if rerank:
+                    from unime.rerank import Reranker
+                    reranker = Reranker(str(reranker_dir), backend="hf", dtype="float32", device="cpu")
+                    value["rerank"] = {mode: clock.time(f"rerank {mode} seed {seed}", me.rerank_precision, reranker,
+                                                        tables, row_scores, images, config.reranker.rerank_k, mode)
+                                       for mode in config.reranker.modes}
+                return value
+            path = out / "results" / f"{arm}_seed{seed}.json"
+            value = me.cached_json(path, arm_key(arm, seed, *extra), compute)
+            results["arms"].setdefault(arm, {})[seed] = value
+            if rerank:
+                results["arms"].setdefault("unime_rerank", {})[seed] = {
+                    "p_at_1": value["rerank"][config.reranker.modes[0]], "modes": value["rerank"]}
+    # phases of this configuration only (a changed config leaves stale names behind)
+    results["seconds"] = {k: v for k, v in clock.seconds.items() if _current_phase(k, config)}
+    return results
+
+
+def _current_phase(phase: str, config) -> bool:
+    words = phase.split()
+    if "seed" in words and int(words[words.index("seed") + 1]) not in config.seeds:
+        return False
+    return not (words[0] in ("train", "evaluate") and words[1] in me.ARMS and words[1] not in config.arms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. embedder.steps=20")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides, cls=me.MethodEffectConfig)
+    results = run(config)
+    results["total_seconds"] = sum(results["seconds"].values())
+    command = "python bench/method_effect.py" + "".join(f" {o}" for o in args.overrides)
+    written = report.write(results, Path(config.out_dir), command)
+    print(written["table"].read_text())
+    print(f"report: {written['html']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

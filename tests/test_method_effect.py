@@ -1,0 +1,184 @@
+"""The method experiment (bench/method_effect.py): its corpus split, arms, judge data, tables,
+and a reduced end-to-end run in which every arm trains and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tests.helpers import ROOT, load_script
+from unime import demo_data
+from unime.config import ConfigError, load_config
+from unime.data import read_eval, read_pairs
+from unime.demo_data import DemoCorpusConfig
+from unime.demo_truth import DemoTruth
+from unime.experiments import method_effect as me
+from unime.experiments import method_effect_report as report
+from unime.losses import info_nce, soft_kl_alignment
+from unime.prompts import NO, YES
+
+SPLIT = DemoCorpusConfig(seed=3, train_images=120, grounding_images=30, eval_queries=12, eval_candidates=6,
+                         noisy_rows=False, held_out_combos=3)
+
+
+@pytest.fixture(scope="module")
+def split_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    demo_data.build(root, SPLIT)
+    return root
+
+
+def test_held_out_combinations_never_reach_training(split_corpus):
+    held = demo_data.held_out_combos(SPLIT.seed, SPLIT.held_out_combos)
+    assert len(held) == 3 and len({s for s, _ in held}) == 3 and len({c for _, c in held}) == 3
+    truth = DemoTruth.load(str(split_corpus))
+    pairs, _ = read_pairs(str(split_corpus / "train"), image_root=str(split_corpus))
+    images = {i for col in ("query_image", "pos_image") for i in pairs[col].to_pylist() if i}
+    for image in images:
+        attributes = truth.attributes[image]
+        objects = attributes["objects"] if "objects" in attributes else [[attributes["shape"], attributes["colour"]]]
+        assert not {tuple(o) for o in objects} & held, image
+    tables, _ = read_eval(str(split_corpus / "eval"), image_root=str(split_corpus))
+    assert set(tables) >= {"DemoI2TNovel", "DemoT2INovel", "DemoVQANovel", "DemoI2T"}
+    for name in ("DemoI2TNovel", "DemoT2INovel", "DemoVQANovel"):
+        for row in tables[name].to_pylist():
+            image = row["qry_img_path"] or row["tgt_img_path"][0]
+            assert (truth.scene(image).shape, truth.scene(image).colour) in held
+            assert truth.matches(row["qry_text"], row["qry_img_path"], row["tgt_text"][0], row["tgt_img_path"][0])
+    for row in tables["DemoI2T"].to_pylist():
+        scene = truth.scene(row["qry_img_path"])
+        assert (scene.shape, scene.colour) not in held
+
+
+def test_default_corpus_has_no_novel_subsets(demo_dir):
+    tables, _ = read_eval(str(demo_dir / "eval"), image_root=str(demo_dir))
+    assert not [name for name in tables if name.endswith("Novel")]
+    assert demo_data.eval_groups(novel=False) == demo_data.EVAL_GROUPS
+
+
+def test_config_yaml_and_its_checks():
+    config = load_config(ROOT / "configs" / "method_effect.yaml", cls=me.MethodEffectConfig)
+    assert len(config.seeds) >= 3 and set(config.arms) >= {"infonce", "infonce_hard", "unime", "unime_rerank"}
+    assert config.corpus.held_out_combos > 0 and not config.corpus.noisy_rows
+    with pytest.raises(ConfigError, match="unime_rerank"):
+        load_config(ROOT / "configs" / "method_effect.yaml", ["arms=[infonce, unime_rerank]"], cls=me.MethodEffectConfig)
+    with pytest.raises(ConfigError, match="model_size"):
+        load_config(ROOT / "configs" / "method_effect.yaml", ["model_size=huge"], cls=me.MethodEffectConfig)
+
+
+def test_arms_differ_only_in_loss_and_negatives():
+    recipe = me.EmbedderRecipe()
+    configs = {arm: me.arm_train_config(arm, recipe, seed=4) for arm in ("infonce", "infonce_hard", "unime")}
+    assert (configs["infonce"].num_hard_negatives, configs["infonce_hard"].num_hard_negatives) == (0, 8)
+    assert configs["infonce"].infonce_weight == 1 and configs["infonce"].soft_label_weight == 0
+    assert configs["infonce"].in_batch_negatives and configs["infonce_hard"].in_batch_negatives
+    assert configs["unime"].soft_label_weight == 1 and configs["unime"].infonce_weight == 0
+    assert not configs["unime"].in_batch_negatives
+    shared = ("lr", "max_steps", "queries_per_worker", "temperature", "seed", "warmup_steps", "full_finetune")
+    assert len({tuple(getattr(c, k) for k in shared) for c in configs.values()}) == 1
+
+
+def test_loss_weights_select_the_objective():
+    """soft_label_weight 0 + infonce_weight 1 is exactly InfoNCE; the defaults exactly the paper's KL."""
+    from unime.train.embedder import EmbedderTrainer
+
+    torch.manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    candidates = torch.nn.functional.normalize(torch.randn(4 * 3, 8), dim=-1)
+    judge = torch.rand(4, 3)
+    for arm, expected in (
+        ("infonce_hard", info_nce(queries, candidates.reshape(4, 3, 8), 0.05, True)),
+        ("unime", soft_kl_alignment(torch.einsum("bd,bcd->bc", queries, candidates.reshape(4, 3, 8)), judge, 0.05)),
+    ):
+        trainer = EmbedderTrainer.__new__(EmbedderTrainer)
+        trainer.config = me.arm_train_config(arm, me.EmbedderRecipe(temperature=0.05, num_hard_negatives=2), 0)
+        torch.testing.assert_close(trainer.loss_fn(judge)(queries, candidates), expected)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        me.arm_train_config("unime", me.EmbedderRecipe(), 0).__class__(soft_label_weight=0.0, infonce_weight=0.0)
+    with pytest.raises(ConfigError, match="at least one hard negative"):
+        me.arm_train_config("unime", me.EmbedderRecipe(), 0).__class__(num_hard_negatives=0)
+
+
+def _pairs(rows):
+    table = pa.Table.from_pylist([{"query_text": q, "query_image": "", "pos_text": p, "pos_image": "", "dataset": d,
+                                   "source": "f", "row_index": k} for k, (q, p, d) in enumerate(rows)])
+    table = table.append_column("query_id", pa.array([f"q{k}" for k in range(len(rows))]))
+    return table.append_column("pos_id", pa.array([f"p:{p}" for _, p, _ in rows]))
+
+
+def test_judge_examples_use_only_training_pairs_of_the_same_dataset():
+    pairs = _pairs([("a", "x", "A"), ("b", "y", "A"), ("c", "x", "A"), ("d", "z", "B"), ("e", "w", "B")])
+    examples = me.judge_examples(pairs, seed=0)
+    yes = [e for e in examples if e["answer"] == YES]
+    no = [e for e in examples if e["answer"] == NO]
+    assert len(yes) == 5 and len(no) == 5 and {e["kind"] for e in examples} == {"pairwise"}
+    positive_of = {r["query_text"]: r["pos_text"] for r in pairs.to_pylist()}
+    dataset_of = {r["pos_text"]: r["dataset"] for r in pairs.to_pylist()}
+    query_dataset = {r["query_text"]: r["dataset"] for r in pairs.to_pylist()}
+    for example in no:
+        assert example["cand_texts"][0] != positive_of[example["query_text"]]
+        assert dataset_of[example["cand_texts"][0]] == query_dataset[example["query_text"]]
+
+
+def test_retrieval_negatives_cycle_and_empty_pools_are_left_out():
+    pairs = _pairs([("a", "x", "A"), ("b", "y", "A")])
+    pools = pa.table({"query_id": ["q0", "q1"], "pos_id": ["p:x", "p:y"], "pool_ids": [["p:y", "p:z"], []]})
+    items = {"p:y": ("y", ""), "p:z": ("z", "")}
+    negatives = me.retrieval_negatives(pools, items, 3)
+    assert negatives == {"q0p:x": [("y", ""), ("z", ""), ("y", "")]}
+    records = me.plain_records(pairs, negatives)
+    assert [r["query_text"] for r in records] == ["a"] and records[0]["hard_negatives_scores"] == [0.0] * 3
+    assert len(me.plain_records(pairs)) == 2
+
+
+def test_tables_report_mean_and_spread_over_seeds():
+    subsets = {"DemoI2T": 50.0, "DemoT2I": 70.0, "DemoI2TNovel": 20.0}
+    results = {"arms": {"infonce": {0: {"p_at_1": subsets}, 1: {"p_at_1": {**subsets, "DemoI2T": 70.0}}}},
+               "config": {"seeds": [0, 1]}}
+    stats = report.arm_statistics(results)
+    assert stats["infonce"]["DemoI2T"] == (60.0, pytest.approx(np.std([50, 70], ddof=1)), 2)
+    assert stats["infonce"]["OOD"][0] == 20.0 and stats["infonce"]["IND"][0] == 65.0
+    markdown = report.p_at_1_markdown(stats)
+    assert "60.0 ± 14.1" in markdown and "(i) InfoNCE" in markdown
+
+
+@pytest.mark.integration
+def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
+    """The CI smoke run: one seed, a few steps; asserts only that every arm trains and evaluates."""
+    bench = load_script("bench/method_effect.py")
+    out = tmp_path / "run"
+    bench.main([f"out_dir={out}", "seeds=[0]", "corpus.train_images=60", "corpus.grounding_images=20",
+                "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.steps=4", "embedder.queries_per_step=8",
+                "judge.steps=3", "judge.chats_per_step=8", "reranker.steps=3", "reranker.chats_per_step=6",
+                "mining.pool_size=10"])
+    results = json.loads((out / "results.json").read_text())
+    subsets = set(results["eval_rows"])
+    assert {"DemoI2TNovel", "DemoT2I"} <= subsets
+    for arm in me.ARMS:
+        value = results["arms"][arm]["0"]
+        assert set(value["p_at_1"]) == subsets and all(0 <= v <= 100 for v in value["p_at_1"].values())
+        if arm != "unime_rerank":
+            assert len(value["losses"]) == 4 and all(np.isfinite(value["losses"]))
+    for judge in ("trained", "label"):
+        assert 0 <= results["judges"][judge]["held_out_auc"] <= 1
+    assert results["judges"]["label"]["held_out_auc"] == 1.0
+    assert results["judges"]["label"]["filter"]["precision"] == 1.0
+    for name in ("table.md", "method_effect.png", "report.html"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("freeze_vision", [True, False])
+def test_reranker_trainer_vision_tower_frozen_only_when_asked(tiny_dir, freeze_vision):
+    from unime.config import RerankerTrainConfig
+    from unime.train.reranker import RerankerTrainer
+
+    train = RerankerTrainConfig(full_finetune=True, freeze_vision=freeze_vision, effective_batch_size=4,
+                                micro_batch_size=4, use_gpu=False)
+    trainer = RerankerTrainer(str(tiny_dir / "reranker"), train, max_steps=2, device="cpu")
+    visual = [p.requires_grad for p in trainer.model.model.visual.parameters()]
+    language = [p.requires_grad for p in trainer.model.model.language_model.parameters()]
+    assert all(language) and all(visual) is not freeze_vision and any(visual) is not freeze_vision

@@ -1,0 +1,433 @@
+"""The method experiment (issue 9): UniME-V2 against InfoNCE on the demo corpus, where the
+ground truth of every pair is known.
+
+Components, each usable alone; ``bench/method_effect.py`` is the recipe that runs them:
+
+- :func:`prepare` builds the corpus (held-out compositions for out-of-distribution subsets)
+  and random-init checkpoints (one embedder init per seed; judge and reranker);
+- :func:`train_judge` trains a judge MLLM on the training split only (the reranker's
+  pairwise recipe: "Yes" for a positive, "No" for a random negative of the same dataset);
+  it is then frozen and scores pools exactly as an off-the-shelf judge would;
+- :func:`train_embedder` trains one arm for a fixed number of steps;
+- :func:`mine` runs the pipeline's own pieces in process: global retrieval
+  (:func:`unime.mining.retrieve_pool`), judge scores, the false-negative filter and
+  hard-negative selection (:func:`unime.pipeline.mine.mine_pairs`);
+- :func:`evaluate` and :func:`rerank_precision` give MMEB Precision@1 per eval subset.
+
+The arms share data, model size, steps and seeds:
+
+- ``infonce``: InfoNCE with in-batch negatives (VLM2Vec style);
+- ``infonce_hard``: InfoNCE with in-batch negatives plus the top retrieved pool candidates
+  as hard negatives, no judge (so no false-negative filter);
+- ``unime``: judge-filtered hard negatives and the soft-label symmetric KL (UniME-V2);
+- ``unime_rerank``: ``unime``'s embedder, its top-k reordered by the trained reranker;
+- ``unime_label``: as ``unime`` with the label judge (ground truth): the upper bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from unime.config import EmbedderTrainConfig, MiningConfig, RerankerTrainConfig
+from unime.data.ids import item_id
+from unime.demo_data import DemoCorpusConfig
+from unime.prompts import NO, YES
+
+ArmName = Literal["infonce", "infonce_hard", "unime", "unime_rerank", "unime_label"]
+ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "unime_label")
+
+
+@dataclass
+class EmbedderRecipe:
+    """What every arm shares: steps, queries per step, optimiser, temperature."""
+
+    steps: int = 600
+    queries_per_step: int = 32
+    num_hard_negatives: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 40
+    temperature: float = 0.05
+    gradcache_chunk: int = 0
+
+
+@dataclass
+class JudgeRecipe:
+    """The judge MLLM trained here: yes/no chats per step, steps, lr; held-out AUC sample."""
+
+    steps: int = 300
+    chats_per_step: int = 32
+    lr: float = 3e-4
+    score_batch: int = 64
+    auc_candidates: int = 5  # per held-out eval row: the positive and the next four
+
+
+@dataclass
+class RerankerRecipe:
+    """The reranker trained on the judge-mined records (METHOD.md section 6)."""
+
+    steps: int = 300
+    chats_per_step: int = 24
+    lr: float = 3e-4
+    rerank_k: int = 10
+    modes: list[Literal["pairwise", "listwise", "listwise-greedy"]] = field(default_factory=lambda: ["pairwise"])
+
+
+def _corpus() -> DemoCorpusConfig:
+    return DemoCorpusConfig(seed=1, train_images=1000, grounding_images=200, eval_queries=150,
+                            noisy_rows=False, held_out_combos=3)
+
+
+@dataclass
+class MethodEffectConfig:
+    """One experiment: corpus, model size, seeds, arms and each component's recipe."""
+
+    out_dir: str = "runs/method_effect"
+    corpus: DemoCorpusConfig = field(default_factory=_corpus)
+    model_size: str = "tiny"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    arms: list[ArmName] = field(default_factory=lambda: list(ARMS))
+    embedder: EmbedderRecipe = field(default_factory=EmbedderRecipe)
+    judge: JudgeRecipe = field(default_factory=JudgeRecipe)
+    reranker: RerankerRecipe = field(default_factory=RerankerRecipe)
+    mining: MiningConfig = field(default_factory=lambda: MiningConfig(pool_size=20, num_negatives=10))
+    embed_batch: int = 64
+    torch_threads: int = 2
+
+    def __post_init__(self):
+        from unime.config import ConfigError
+        from unime.tiny import SIZES
+
+        if self.model_size not in SIZES:
+            raise ConfigError(f"model_size: {self.model_size!r} is not one of {sorted(SIZES)}")
+        if not self.seeds:
+            raise ConfigError("seeds: at least one seed")
+        if "unime_rerank" in self.arms and "unime" not in self.arms:
+            raise ConfigError("arms: unime_rerank reranks the unime arm's embedder; list unime too")
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_json(path: Path, key: str, compute: Callable[[], dict]) -> dict:
+    """``compute()`` once per key: a rerun of the same configuration reuses the stored result."""
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "value": value}, indent=1) + "\n")
+    return value
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def prepare(config: MethodEffectConfig) -> dict[str, Path]:
+    """The corpus and the random-init checkpoints under ``out_dir``: ``corpus``, ``judge``,
+    ``reranker`` and ``embedder_seed<N>`` (one embedder initialisation per seed)."""
+    from unime import demo_data, tiny
+
+    out = Path(config.out_dir)
+    corpus = out / "corpus"
+    manifest = corpus / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text())["config"] != asdict(config.corpus):
+        demo_data.build(corpus, config.corpus)
+    size = tiny.SIZES[config.model_size]
+    paths = {"corpus": corpus}
+    wanted = {"judge": ("qwen2_5_vl", 101), "reranker": ("qwen2_5_vl", 102)}
+    wanted |= {f"embedder_seed{seed}": ("qwen2_vl", seed) for seed in config.seeds}
+    tokenizer = None
+    for name, (architecture, seed) in wanted.items():
+        folder = out / "checkpoints" / name
+        stamp = folder / "unime_init.json"
+        spec = {"architecture": architecture, "seed": seed, "size": asdict(size)}
+        if not stamp.exists() or json.loads(stamp.read_text()) != spec:
+            tokenizer = tokenizer or tiny.train_tokenizer(size.vocab_size)
+            tiny.build_checkpoint(folder, architecture, size, tokenizer, seed)
+            stamp.write_text(json.dumps(spec))
+        paths[name] = folder
+    return paths
+
+
+def read_corpus(corpus: Path) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """Training pairs (with content ids) and eval subsets, through the data layer's readers."""
+    from unime.data.readers import read_eval, read_pairs
+
+    pairs, result = read_pairs(str(corpus / "train"), image_root=str(corpus))
+    if result.quarantine:
+        raise ValueError(f"the experiment corpus has bad rows: {result.quarantine[:3]}")
+    pairs = pairs.append_column("query_id", pa.array([item_id(t, i) for t, i in zip(
+        pairs["query_text"].to_pylist(), pairs["query_image"].to_pylist())]))
+    pairs = pairs.append_column("pos_id", pa.array([item_id(t, i) for t, i in zip(
+        pairs["pos_text"].to_pylist(), pairs["pos_image"].to_pylist())]))
+    tables, _ = read_eval(str(corpus / "eval"), image_root=str(corpus))
+    return pairs, tables
+
+
+# ---------------------------------------------------------------- embedders
+
+
+def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np.ndarray:
+    """L2-normalised embeddings of ``(text, image path)`` items, similar lengths batched together."""
+    import torch
+
+    from unime.models import EmbedItem
+
+    order = sorted(range(len(items)), key=lambda k: (bool(items[k][1]), len(items[k][0])))
+    vectors = None
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            encoded = embedder.encode([EmbedItem(items[k][0], images.get(items[k][1])) for k in chunk])
+            if vectors is None:
+                vectors = np.zeros((len(items), encoded.shape[1]), dtype=np.float32)
+            vectors[chunk] = encoded
+    return vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int) -> EmbedderTrainConfig:
+    """The arm's loss and negatives on the shared recipe (full fine-tuning from random init)."""
+    contrastive = arm in ("infonce", "infonce_hard")
+    return EmbedderTrainConfig(
+        num_workers=1, use_gpu=False, queries_per_worker=recipe.queries_per_step,
+        num_hard_negatives=0 if arm == "infonce" else recipe.num_hard_negatives,
+        temperature=recipe.temperature, soft_label_weight=0.0 if contrastive else 1.0,
+        infonce_weight=1.0 if contrastive else 0.0, in_batch_negatives=contrastive,
+        lr=recipe.lr, warmup_steps=recipe.warmup_steps, max_steps=recipe.steps, full_finetune=True,
+        bf16=False, gradcache_chunk=recipe.gradcache_chunk, seed=seed)
+
+
+def plain_records(pairs: pa.Table, negatives: dict[str, list[tuple[str, str]]] | None = None) -> list[dict]:
+    """Pairs as mined-record rows for the judge-free arms: the positive labelled 1 and each
+    hard negative 0 (the contrastive loss reads only which column is the positive). With
+    ``negatives``, pairs without any (an empty pool) are left out, as the miner skips them."""
+    records = []
+    for row in pairs.to_pylist():
+        chosen = (negatives or {}).get(row["query_id"] + row["pos_id"], [])
+        if negatives is not None and not chosen:
+            continue
+        records.append({**row, "query_pos_scores": 1.0, "hard_negatives": [list(n) for n in chosen],
+                        "hard_negatives_scores": [0.0] * len(chosen)})
+    return records
+
+
+def train_embedder(checkpoint: Path, records: list[dict], train: EmbedderTrainConfig, image_root: Path):
+    """Train one arm in process: ``train.max_steps`` steps of ``queries_per_worker`` queries,
+    epochs reshuffled by ``train.seed``. Returns the trainer (its embedder is trained)."""
+    from unime.train.embedder import EmbedderTrainer, training_examples
+
+    examples = training_examples(pa.Table.from_pylist(records), train.num_hard_negatives).to_pylist()
+    if not examples:
+        raise ValueError("no training examples: every pair was skipped")
+    trainer = EmbedderTrainer(str(checkpoint), train, image_root=str(image_root), seed=train.seed)
+    for batch in _batches(examples, train.queries_per_worker, train.max_steps, train.seed):
+        trainer.step(batch)
+    trainer.model.eval()
+    return trainer
+
+
+def _batches(rows: list[dict], size: int, steps: int, seed: int):
+    """``steps`` column batches of ``size`` rows (all rows when fewer), each epoch a fresh shuffle."""
+    rng, size = random.Random(seed), min(size, len(rows))
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < size:
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+        chunk, order = order[:size], order[size:]
+        yield {key: [rows[k][key] for k in chunk] for key in rows[0]}
+
+
+# ---------------------------------------------------------------- mining
+
+
+def retrieval_pools(embedder, pairs: pa.Table, images, pool_size: int, batch_size: int) -> pa.Table:
+    """The global pool of every pair (METHOD.md section 2) as the retrieve stage writes it."""
+    from unime.mining import retrieve_pool
+
+    rows = pairs.to_pylist()
+    queries = list(dict.fromkeys((r["query_id"], r["query_text"], r["query_image"]) for r in rows))
+    candidates = list(dict.fromkeys((r["pos_id"], r["pos_text"], r["pos_image"]) for r in rows))
+    query_vectors = embed(embedder, [(t, i) for _, t, i in queries], images, batch_size)
+    candidate_vectors = embed(embedder, [(t, i) for _, t, i in candidates], images, batch_size)
+    query_row = {q[0]: k for k, q in enumerate(queries)}
+    candidate_row = {c[0]: k for k, c in enumerate(candidates)}
+    found, _ = retrieve_pool(query_vectors[[query_row[r["query_id"]] for r in rows]], candidate_vectors,
+                             np.array([candidate_row[r["pos_id"]] for r in rows]), k=pool_size)
+    ids = [c[0] for c in candidates]
+    return pa.table({
+        "source": [r["source"] for r in rows], "row_index": [r["row_index"] for r in rows],
+        "dataset": [r["dataset"] for r in rows], "query_id": [r["query_id"] for r in rows],
+        "pos_id": [r["pos_id"] for r in rows],
+        "pool_ids": [[ids[j] for j in found_row if j >= 0] for found_row in found]})
+
+
+def item_lookup(pairs: pa.Table) -> dict[str, tuple[str, str]]:
+    rows = pairs.to_pylist()
+    lookup = {r["query_id"]: (r["query_text"], r["query_image"]) for r in rows}
+    return lookup | {r["pos_id"]: (r["pos_text"], r["pos_image"]) for r in rows}
+
+
+def judge_requests(pools: pa.Table) -> list[tuple[str, str]]:
+    """Every (query id, candidate id) the judge scores: the positive and the pool, once each."""
+    requests = []
+    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
+                                     pools["pool_ids"].to_pylist()):
+        requests += [(query, positive)] + [(query, c) for c in pool]
+    return list(dict.fromkeys(requests))
+
+
+def score_pairs(judge, pairs: list[tuple[str, str, str, str]], images, batch_size: int) -> np.ndarray:
+    """P(Yes) of an MLLM judge (:class:`unime.judge.HFJudge`) for ``(query text, query image,
+    candidate text, candidate image)`` pairs (image paths), the judge chat of METHOD.md section 3."""
+    from unime.judge.prompts import build_judge_messages
+
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        chats = [build_judge_messages(qt, images.get(qi), ct, images.get(ci))
+                 for qt, qi, ct, ci in pairs[start: start + batch_size]]
+        scores.append(judge.score(chats))
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def scores_table(requests: list[tuple[str, str]], scores: np.ndarray) -> pa.Table:
+    return pa.table({"query_id": [q for q, _ in requests], "candidate_id": [c for _, c in requests],
+                     "score": pa.array(scores, pa.float64())})
+
+
+def mine(pairs: pa.Table, pools: pa.Table, scores: pa.Table, mining: MiningConfig) -> tuple[list[dict], dict]:
+    """The mine stage's pure function: filtered, selected hard negatives as mined records."""
+    from unime.pipeline.mine import mine_pairs
+
+    records, skipped, stats = mine_pairs(pairs, pools, scores, mining.num_negatives, mining.beta)
+    if len(records) + len(skipped) != pools.num_rows:
+        raise RuntimeError(f"mining lost pairs: {stats}")
+    return records, stats
+
+
+def retrieval_negatives(pools: pa.Table, items: dict, count: int) -> dict[str, list[tuple[str, str]]]:
+    """The judge-free arm's hard negatives: each pair's top ``count`` pool candidates, cycled
+    when the pool is shorter (as the miner fills); none for an empty pool."""
+    negatives = {}
+    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
+                                     pools["pool_ids"].to_pylist()):
+        if not pool:
+            continue
+        negatives[query + positive] = [items[pool[k % len(pool)]] for k in range(count)]
+    return negatives
+
+
+def filter_statistics(pools: pa.Table, scores: pa.Table, items: dict, truth, beta: float) -> dict:
+    """The false-negative filter against the ground truth, and the judge's AUC on the pools."""
+    from unime.demo_truth import filter_quality, roc_auc
+    from unime.mining import is_false_negative
+
+    score_of = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
+                        scores["score"].to_pylist()))
+    filtered, truly, pool_scores = [], [], []
+    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
+                                     pools["pool_ids"].to_pylist()):
+        cand_scores = [score_of[(query, c)] for c in pool]
+        filtered += is_false_negative(cand_scores, score_of[(query, positive)], beta)
+        truly += [truth.matches(*items[query], *items[c]) for c in pool]
+        pool_scores += cand_scores
+    quality = filter_quality(np.array(filtered), np.array(truly))
+    quality["pool_auc"] = roc_auc(np.array(pool_scores), np.array(truly)) if 0 < sum(truly) < len(truly) else None
+    return quality
+
+
+# ---------------------------------------------------------------- judge and reranker training
+
+
+def judge_examples(pairs: pa.Table, seed: int) -> list[dict]:
+    """The judge's training chats from the training split only: each pair's positive -> "Yes"
+    and a random positive of another pair of the same dataset (different content) -> "No"."""
+    rng = random.Random(seed)
+    by_dataset: dict[str, list[dict]] = {}
+    for row in pairs.to_pylist():
+        by_dataset.setdefault(row["dataset"], []).append(row)
+    examples = []
+    for rows in by_dataset.values():
+        for row in rows:
+            others = [o for o in rng.sample(rows, min(8, len(rows))) if o["pos_id"] != row["pos_id"]]
+            base = {"kind": "pairwise", "query_text": row["query_text"], "query_image": row["query_image"]}
+            examples.append(base | {"cand_texts": [row["pos_text"]], "cand_images": [row["pos_image"]], "answer": YES})
+            if others:
+                examples.append(base | {"cand_texts": [others[0]["pos_text"]], "cand_images": [others[0]["pos_image"]],
+                                        "answer": NO})
+    return examples
+
+
+def train_chat_model(checkpoint: Path, examples: list[dict], steps: int, chats_per_step: int, lr: float,
+                     image_root: Path, out_dir: Path, seed: int = 0) -> tuple[Path, list[float]]:
+    """Full fine-tuning on answer tokens (the reranker trainer; vision tower included, since
+    the model starts from random init), saved where ``from_pretrained`` loads it; returns the
+    folder and the loss curve."""
+    from unime.train.reranker import RerankerTrainer
+
+    train = RerankerTrainConfig(num_workers=1, use_gpu=False, effective_batch_size=chats_per_step,
+                                micro_batch_size=chats_per_step, lr=lr, full_finetune=True, freeze_vision=False,
+                                seed=seed)
+    trainer = RerankerTrainer(str(checkpoint), train, max_steps=steps, image_root=str(image_root), seed=seed)
+    for batch in _batches(examples, chats_per_step, steps, seed):
+        trainer.step(batch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(out_dir)
+    trainer.processor.save_pretrained(out_dir)
+    return out_dir, trainer.losses
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def eval_pairs(tables: dict[str, pa.Table], per_row: int) -> list[tuple[str, str, str, str]]:
+    """Held-out judge pairs: each eval row's query with its first ``per_row`` candidates."""
+    return [(row["qry_text"], row["qry_img_path"], text, image)
+            for table in tables.values() for row in table.to_pylist()
+            for text, image in list(zip(row["tgt_text"], row["tgt_img_path"]))[:per_row]]
+
+
+def judge_auc(scores: np.ndarray, pairs: list[tuple[str, str, str, str]], truth) -> float:
+    from unime.demo_truth import roc_auc
+
+    return roc_auc(scores, np.array([truth.matches(*pair) for pair in pairs]))
+
+
+def evaluate(embedder, tables: dict[str, pa.Table], images, batch_size: int
+             ) -> tuple[dict[str, float], dict[str, list[np.ndarray]]]:
+    """MMEB Precision@1 per subset (each row against its own candidates) and the row scores."""
+    from unime.eval.harness import eval_items, row_scores, subset_metrics
+
+    items, _ = eval_items(tables)
+    vectors = embed(embedder, list(zip(items["text"].to_pylist(), items["image"].to_pylist())), images, batch_size)
+    by_id = dict(zip(items["id"].to_pylist(), vectors))
+    scores = {name: [row_scores(row, by_id) for row in table.to_pylist()] for name, table in tables.items()}
+    return {name: subset_metrics(rows)["P@1"] for name, rows in scores.items()}, scores
+
+
+def rerank_precision(reranker, tables: dict[str, pa.Table], scores: dict[str, list[np.ndarray]], images,
+                     k: int, mode: str) -> dict[str, float]:
+    """P@1 after the reranker reorders each row's embedder top-``k``."""
+    from unime.eval.harness import top_k
+
+    result = {}
+    for name, table in tables.items():
+        hits = 0
+        for row, row_score in zip(table.to_pylist(), scores[name]):
+            chosen = top_k(row_score, k)
+            candidates = [(row["tgt_text"][j], images.get(row["tgt_img_path"][j])) for j in chosen]
+            ranking = reranker.rank((row["qry_text"], images.get(row["qry_img_path"])), candidates, mode)
+            hits += int(chosen[ranking.order[0]] == 0)
+        result[name] = 100.0 * hits / max(1, table.num_rows)
+    return result

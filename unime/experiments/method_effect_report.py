@@ -1,0 +1,131 @@
+"""The method experiment's outputs: the P@1 table (mean ± std over seeds), the judges' table,
+one plot, and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from unime.demo_data import eval_groups
+from unime.eval.mmeb import aggregate
+from unime.reporting import Section, figure, figure_png, new_figure, render_html, table
+
+ARM_LABELS = {
+    "infonce": "(i) InfoNCE, in-batch negatives",
+    "infonce_hard": "(ii) InfoNCE + retrieved hard negatives, no judge",
+    "unime": "(iii) UniME-V2: judge-filtered negatives + soft-label KL",
+    "unime_rerank": "(iv) (iii) + trained reranker on the top-k",
+    "unime_label": "(iii) with the label judge (upper bound)",
+}
+SUMMARY_COLUMNS = ["IND", "OOD", "Overall"]
+
+
+def seed_scores(per_subset: dict[str, float]) -> dict[str, float]:
+    """One seed's subsets plus the IND / OOD / Overall means (novel subsets are OOD)."""
+    groups = eval_groups(novel=any(name.endswith("Novel") for name in per_subset))
+    means = aggregate(per_subset, groups)["scores"]
+    return per_subset | {column: means[column] for column in SUMMARY_COLUMNS if means[column] is not None}
+
+
+def arm_statistics(results: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """arm -> column -> (mean, sample std, seeds) over the seeds."""
+    stats = {}
+    for arm, by_seed in results["arms"].items():
+        rows = [seed_scores(value["p_at_1"]) for value in by_seed.values()]
+        columns = list(rows[0])
+        stats[arm] = {c: (float(np.mean([r[c] for r in rows])),
+                          float(np.std([r[c] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, len(rows))
+                      for c in columns}
+    return stats
+
+
+def _cell(stat: tuple[float, float, int]) -> str:
+    mean, std, seeds = stat
+    return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
+
+
+def _arms_in_order(stats: dict) -> list[str]:
+    return [arm for arm in ARM_LABELS if arm in stats]
+
+
+def p_at_1_markdown(stats: dict) -> str:
+    arms = _arms_in_order(stats)
+    subsets = [c for c in stats[arms[0]] if c not in SUMMARY_COLUMNS]
+    columns = subsets + [c for c in SUMMARY_COLUMNS if c in stats[arms[0]]]
+    lines = ["| arm | " + " | ".join(c.removeprefix("Demo") for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {ARM_LABELS[arm]} | " + " | ".join(_cell(stats[arm][c]) for c in columns) + " |" for arm in arms]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def judges_markdown(judges: dict) -> str:
+    lines = ["| judge | AUC, held-out eval pairs | AUC, training pools | FN filter precision | FN filter recall "
+             "| filtered / true FN in pools | records mined |", "|---|---|---|---|---|---|---|"]
+    names = {"trained": "MLLM judge trained on the training split", "label": "label judge (ground truth)"}
+    for name, judge in judges.items():
+        f = judge["filter"]
+        lines.append(f"| {names.get(name, name)} | {_fmt(judge['held_out_auc'])} | {_fmt(f['pool_auc'])} "
+                     f"| {_fmt(f['precision'])} | {_fmt(f['recall'])} | {f['filtered']} / {f['false_negatives']} "
+                     f"| {judge['records']} ({judge['skipped']} skipped) |")
+    return "\n".join(lines)
+
+
+def plot_png(stats: dict) -> bytes:
+    arms = _arms_in_order(stats)
+    columns = [c for c in SUMMARY_COLUMNS if c in stats[arms[0]]]
+    fig, ax = new_figure(7.5, 3.6)
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        means = [stats[arm][c][0] for c in columns]
+        stds = [stats[arm][c][1] for c in columns]
+        ax.bar(np.arange(len(columns)) + (k - (len(arms) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
+               label=ARM_LABELS[arm])
+    ax.set_xticks(np.arange(len(columns)), columns)
+    ax.set_ylabel("Precision@1 (%)")
+    seeds = stats[arms[0]][columns[0]][2]
+    ax.set_title(f"Demo corpus, mean ± std over {seeds} seed(s)")
+    ax.legend(fontsize=7, loc="lower right")
+    return figure_png(fig)
+
+
+def write(results: dict, out_dir: Path, command: str) -> dict[str, Path]:
+    """``results.json``, ``table.md``, ``method_effect.png`` and ``report.html`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = arm_statistics(results)
+    png = plot_png(stats)
+    minutes = results.get("total_seconds", 0) / 60
+    markdown = (f"Command: `{command}` ({minutes:.0f} min on this machine)\n\n"
+                f"Precision@1 (%) per eval subset, mean ± std over seeds {list(results['config']['seeds'])}:\n\n"
+                f"{p_at_1_markdown(stats)}\n\nJudges against the ground truth:\n\n{judges_markdown(results['judges'])}\n")
+    paths = {"results": out_dir / "results.json", "table": out_dir / "table.md", "plot": out_dir / "method_effect.png",
+             "html": out_dir / "report.html"}
+    paths["results"].write_text(json.dumps(results | {"statistics": stats}, indent=1, default=str) + "\n")
+    paths["table"].write_text(markdown)
+    paths["plot"].write_bytes(png)
+    html_table = _html_table(stats)
+    sections = [Section("arms", "P@1 by arm", html_table + figure(png, "P@1 by arm")),
+                Section("judges", "Judges", _judges_html(results["judges"])),
+                Section("phases", "Phases", table(["phase", "seconds"], [[k, v] for k, v in results.get("seconds", {}).items()],
+                                        "{:.0f}"))]
+    paths["html"].write_text(render_html("unime: method effect", sections, subtitle=command))
+    return paths
+
+
+def _html_table(stats: dict) -> str:
+    arms = _arms_in_order(stats)
+    columns = list(stats[arms[0]])
+    return table(["arm", *columns], [[ARM_LABELS[arm], *(_cell(stats[arm][c]) for c in columns)] for arm in arms])
+
+
+def _judges_html(judges: dict) -> str:
+    rows = [[name, judge["held_out_auc"], judge["filter"]["pool_auc"], judge["filter"]["precision"],
+             judge["filter"]["recall"], judge["filter"]["filtered"], judge["filter"]["false_negatives"],
+             judge["records"]] for name, judge in judges.items()]
+    return table(["judge", "AUC held-out", "AUC pools", "FN precision", "FN recall", "filtered", "true FN", "records"],
+                 rows, "{:.3f}")
