@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ from unime.experiments import method_effect as me  # noqa: E402
 from unime.experiments import method_effect_report as report  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "configs" / "method_effect.yaml"
+NOT_TRAINABLE = "the judge's false-negative filter removed every pool candidate of every pair: no mined record"
 
 
 class Clock:
@@ -59,6 +61,41 @@ def train_judge(config, paths, pairs, clock) -> tuple[Path, list[float]]:
     return out, losses
 
 
+def train_base(config, paths, pairs, seed: int, clock) -> tuple[Path, str]:
+    """The seed's base embedder (InfoNCE, ``embedder.base_steps`` from random init), saved
+    where ``from_pretrained`` loads it; returns the folder and its cache key."""
+    folder = Path(config.out_dir) / "models" / f"base_seed{seed}"
+    key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.embedder), seed)
+
+    def compute():
+        train = me.arm_train_config("infonce", config.embedder, seed, steps=config.embedder.base_steps)
+        trainer = me.train_embedder(paths[f"embedder_seed{seed}"], me.plain_records(pairs), train, paths["corpus"])
+        trainer.model.save_pretrained(folder)
+        trainer.embedder.processor.save_pretrained(folder)
+        return {"losses": trainer.losses}
+    clock.time(f"train base seed {seed}", me.cached_json, folder / "unime_result.json", key, compute)
+    return folder, key
+
+
+def cached_pools(config, retriever: Path, pairs, images, key: str, clock) -> me.pa.Table:
+    """The global retrieval pools of the training pairs, by the retriever (stored as parquet)."""
+    import pyarrow.parquet as pq
+
+    from unime.models import Embedder
+
+    path = Path(config.out_dir) / "mining" / "pools.parquet"
+    stamp = path.with_suffix(".key")
+    if path.exists() and stamp.exists() and stamp.read_text() == key:
+        return pq.read_table(path)
+    embedder = Embedder(str(retriever), dtype="float32", device="cpu")
+    pools = clock.time("global retrieval", me.retrieval_pools, embedder, pairs, images, config.mining.pool_size,
+                       config.embed_batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pools, path)
+    stamp.write_text(key)
+    return pools
+
+
 def judge_scores(config, judge_name, judge, pools, items, images, key) -> me.pa.Table:
     """The pool's judge scores, stored as parquet under the run (recomputed when ``key`` changes)."""
     import pyarrow.parquet as pq
@@ -81,7 +118,6 @@ def judge_scores(config, judge_name, judge, pools, items, images, key) -> me.pa.
 
 
 def run(config: me.MethodEffectConfig) -> dict:
-    import pyarrow.parquet as pq
     import torch
 
     from unime.data.images import ImageLimits
@@ -111,43 +147,40 @@ def run(config: me.MethodEffectConfig) -> dict:
     results["judges"]["label"] = {"held_out_auc": me.judge_auc(label_judge.score(held_out), held_out, truth),
                                   "held_out_pairs": len(held_out)}
 
-    # Arm (i) for every seed; the first seed's embedder retrieves the mining pool (the
-    # off-the-shelf VLM2Vec-style retriever of METHOD.md section 2).
-    retrieval_key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.embedder),
-                                   config.seeds[0], config.mining.pool_size)
-    pools_path = out / "mining" / "pools.parquet"
-
-    def infonce_unit(seed):
-        def compute():
-            trainer = clock.time(f"train infonce seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
-                                 me.plain_records(pairs), me.arm_train_config("infonce", config.embedder, seed),
-                                 paths["corpus"])
-            scores, _ = clock.time(f"evaluate infonce seed {seed}", me.evaluate, trainer.embedder, tables, images,
-                                   config.embed_batch)
-            if seed == config.seeds[0]:
-                pools = clock.time("global retrieval", me.retrieval_pools, trainer.embedder, pairs, images,
-                                   config.mining.pool_size, config.embed_batch)
-                pools_path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(pools, pools_path)
-                pools_path.with_suffix(".key").write_text(retrieval_key)
-            return {"p_at_1": scores, "losses": trainer.losses}
-        return compute
+    # Every seed's base: InfoNCE from that seed's random init (the analogue of the paper's
+    # pretrained backbone); the first seed's base is the off-the-shelf retriever of the
+    # mining pool (METHOD.md section 2). Every arm then fine-tunes its seed's base.
+    bases = {seed: train_base(config, paths, pairs, seed, clock) for seed in config.seeds}
+    retrieval_key = me.fingerprint(bases[config.seeds[0]][1], config.mining.pool_size)
+    pools = cached_pools(config, bases[config.seeds[0]][0], pairs, images, retrieval_key, clock)
 
     def arm_key(arm, seed, *extra):
-        return me.fingerprint(arm, seed, asdict(config.corpus), config.model_size, asdict(config.embedder), *extra)
+        return me.fingerprint(arm, seed, bases[seed][1], asdict(config.embedder), *extra)
 
+    def fine_tune(arm, seed, records, rerank=None):
+        trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, bases[seed][0], records,
+                             me.arm_train_config(arm, config.embedder, seed), paths["corpus"])
+        p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder, tables, images,
+                                        config.embed_batch)
+        value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
+        if rerank is not None:
+            from unime.rerank import Reranker
+            reranker = Reranker(str(rerank), backend="hf", dtype="float32", device="cpu")
+            value["rerank"] = {mode: clock.time(f"rerank {mode} seed {seed}", me.rerank_precision, reranker, tables,
+                                                row_scores, images, config.reranker.rerank_k, mode)
+                               for mode in config.reranker.modes}
+        return value
+
+    base_records = me.plain_records(pairs)
     for seed in config.seeds:
-        key = arm_key("infonce", seed)
         path = out / "results" / f"infonce_seed{seed}.json"
-        if seed == config.seeds[0] and not (pools_path.exists() and pools_path.with_suffix(".key").read_text()
-                                            == retrieval_key):
-            path.unlink(missing_ok=True)
-        results["arms"].setdefault("infonce", {})[seed] = me.cached_json(path, key, infonce_unit(seed))
-    pools = pq.read_table(pools_path)
+        results["arms"].setdefault("infonce", {})[seed] = me.cached_json(
+            path, arm_key("infonce", seed), lambda seed=seed: fine_tune("infonce", seed, base_records))
 
-    trained_key = me.fingerprint(retrieval_key, asdict(config.judge))
+    judge_keys = {"trained": me.fingerprint(retrieval_key, asdict(config.judge)), "label": retrieval_key}
     mined = {}
-    for name, judge, key in (("trained", trained_judge, trained_key), ("label", label_judge, retrieval_key)):
+    for name, judge in (("trained", trained_judge), ("label", label_judge)):
+        key = judge_keys[name]
         scores = clock.time(f"{name} judge scores the pools", judge_scores, config, name, judge, pools, items,
                             images, key)
         records, stats = me.mine(pairs, pools, scores, config.mining)
@@ -157,13 +190,14 @@ def run(config: me.MethodEffectConfig) -> dict:
                                     "pool_pairs": stats["pool_pairs"]}
 
     reranker_dir = None
-    if "unime_rerank" in config.arms:
+    source = config.reranker.judge
+    if "unime_rerank" in config.arms and mined[source]:
         reranker_dir = out / "models" / "reranker_trained"
-        reranker_key = me.fingerprint(trained_key, asdict(config.reranker))
+        reranker_key = me.fingerprint(judge_keys[source], asdict(config.reranker))
 
         def train_reranker():
             from unime.train.reranker import reranker_examples
-            examples = reranker_examples(me.pa.Table.from_pylist(mined["trained"]), seed=0).to_pylist()
+            examples = reranker_examples(me.pa.Table.from_pylist(mined[source]), seed=0).to_pylist()
             _, losses = me.train_chat_model(paths["reranker"], examples, config.reranker.steps,
                                             config.reranker.chats_per_step, config.reranker.lr, paths["corpus"],
                                             reranker_dir)
@@ -173,34 +207,27 @@ def run(config: me.MethodEffectConfig) -> dict:
 
     retrieved = me.retrieval_negatives(pools, items, config.embedder.num_hard_negatives)
     arm_data = {"infonce_hard": (me.plain_records(pairs, retrieved), retrieval_key),
-                "unime": (mined["trained"], trained_key), "unime_label": (mined["label"], retrieval_key)}
+                "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key)}
     for arm in ("infonce_hard", "unime", "unime_label"):
         if arm not in config.arms:
             continue
         records, data_key = arm_data[arm]
-        rerank = arm == "unime" and reranker_dir is not None
+        rerank = arm == config.reranked_arm and reranker_dir is not None
         for seed in config.seeds:
+            if not records:
+                results["arms"].setdefault(arm, {})[seed] = {"records": 0, "not_trained": NOT_TRAINABLE}
+                continue
             extra = (data_key, asdict(config.reranker) if rerank else None)
-
-            def compute(arm=arm, seed=seed, records=records, rerank=rerank):
-                trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
-                                     records, me.arm_train_config(arm, config.embedder, seed), paths["corpus"])
-                p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder,
-                                                tables, images, config.embed_batch)
-                value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
-                if rerank:
-                    from unime.rerank import Reranker
-                    reranker = Reranker(str(reranker_dir), backend="hf", dtype="float32", device="cpu")
-                    value["rerank"] = {mode: clock.time(f"rerank {mode} seed {seed}", me.rerank_precision, reranker,
-                                                        tables, row_scores, images, config.reranker.rerank_k, mode)
-                                       for mode in config.reranker.modes}
-                return value
+            compute = partial(fine_tune, arm, seed, records, reranker_dir if rerank else None)
             path = out / "results" / f"{arm}_seed{seed}.json"
             value = me.cached_json(path, arm_key(arm, seed, *extra), compute)
             results["arms"].setdefault(arm, {})[seed] = value
             if rerank:
                 results["arms"].setdefault("unime_rerank", {})[seed] = {
                     "p_at_1": value["rerank"][config.reranker.modes[0]], "modes": value["rerank"]}
+    if "unime_rerank" in config.arms and reranker_dir is None:
+        results["arms"]["unime_rerank"] = {seed: {"records": 0, "not_trained": f"no {source}-judge records to train "
+                                                  "the reranker on"} for seed in config.seeds}
     # phases of this configuration only (a changed config leaves stale names behind)
     results["seconds"] = {k: v for k, v in clock.seconds.items() if _current_phase(k, config)}
     return results

@@ -152,7 +152,7 @@ def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
     bench = load_script("bench/method_effect.py")
     out = tmp_path / "run"
     bench.main([f"out_dir={out}", "seeds=[0]", "corpus.train_images=60", "corpus.grounding_images=20",
-                "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.steps=4", "embedder.queries_per_step=8",
+                "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.base_steps=4", "embedder.steps=4", "embedder.queries_per_step=8",
                 "judge.steps=3", "judge.chats_per_step=8", "reranker.steps=3", "reranker.chats_per_step=6",
                 "mining.pool_size=10"])
     results = json.loads((out / "results.json").read_text())

@@ -264,6 +264,8 @@ class EmbedderTrainConfig(TrainPlacement):
     full_finetune: bool = False
     in_batch_negatives: bool = False
     weight_decay: float = 0.0
+    # gradient-norm clipping before each optimiser step (None: off); random-init runs need it
+    max_grad_norm: float | None = None
     bf16: bool = True
     gradient_checkpointing: bool = False
     gradcache_chunk: int = 16

@@ -20,8 +20,12 @@ The arms share data, model size, steps and seeds:
 - ``infonce_hard``: InfoNCE with in-batch negatives plus the top retrieved pool candidates
   as hard negatives, no judge (so no false-negative filter);
 - ``unime``: judge-filtered hard negatives and the soft-label symmetric KL (UniME-V2);
-- ``unime_rerank``: ``unime``'s embedder, its top-k reordered by the trained reranker;
-- ``unime_label``: as ``unime`` with the label judge (ground truth): the upper bound.
+- ``unime_label``: as ``unime`` with the label judge (ground truth): the upper bound;
+- ``unime_rerank``: the ``unime`` (or ``unime_label``, see :class:`RerankerRecipe`) embedder,
+  its top-k reordered by the reranker trained on that arm's mined records.
+
+An arm whose judge mines no record (its filter removes every candidate) is reported as
+not trainable, with the counts, rather than trained on nothing.
 """
 
 from __future__ import annotations
@@ -48,14 +52,17 @@ ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "un
 
 @dataclass
 class EmbedderRecipe:
-    """What every arm shares: steps, queries per step, optimiser, temperature."""
+    """What every arm shares: the base (``base_steps`` of InfoNCE from random init, per seed),
+    then ``steps`` of the arm's own training; queries per step, optimiser, temperature."""
 
+    base_steps: int = 800
     steps: int = 600
     queries_per_step: int = 32
     num_hard_negatives: int = 8
     lr: float = 3e-4
     warmup_steps: int = 40
     temperature: float = 0.05
+    max_grad_norm: float | None = 1.0
     gradcache_chunk: int = 0
 
 
@@ -72,8 +79,11 @@ class JudgeRecipe:
 
 @dataclass
 class RerankerRecipe:
-    """The reranker trained on the judge-mined records (METHOD.md section 6)."""
+    """The reranker trained on judge-mined records (METHOD.md section 6). ``judge``: whose
+    records train it; it reorders the matching arm's embedder (``unime`` for the trained
+    judge, ``unime_label`` for the label judge)."""
 
+    judge: Literal["trained", "label"] = "trained"
     steps: int = 300
     chats_per_step: int = 24
     lr: float = 3e-4
@@ -110,8 +120,13 @@ class MethodEffectConfig:
             raise ConfigError(f"model_size: {self.model_size!r} is not one of {sorted(SIZES)}")
         if not self.seeds:
             raise ConfigError("seeds: at least one seed")
-        if "unime_rerank" in self.arms and "unime" not in self.arms:
-            raise ConfigError("arms: unime_rerank reranks the unime arm's embedder; list unime too")
+        if "unime_rerank" in self.arms and self.reranked_arm not in self.arms:
+            raise ConfigError(f"arms: unime_rerank reranks the {self.reranked_arm} arm's embedder "
+                              f"(reranker.judge={self.reranker.judge}); list it too")
+
+    @property
+    def reranked_arm(self) -> str:
+        return "unime" if self.reranker.judge == "trained" else "unime_label"
 
 
 def fingerprint(*parts) -> str:
@@ -196,16 +211,17 @@ def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np
     return vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int) -> EmbedderTrainConfig:
-    """The arm's loss and negatives on the shared recipe (full fine-tuning from random init)."""
+def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int, steps: int | None = None) -> EmbedderTrainConfig:
+    """The arm's loss and negatives on the shared recipe (full fine-tuning, ``recipe.steps``
+    unless ``steps`` is given)."""
     contrastive = arm in ("infonce", "infonce_hard")
     return EmbedderTrainConfig(
         num_workers=1, use_gpu=False, queries_per_worker=recipe.queries_per_step,
         num_hard_negatives=0 if arm == "infonce" else recipe.num_hard_negatives,
         temperature=recipe.temperature, soft_label_weight=0.0 if contrastive else 1.0,
         infonce_weight=1.0 if contrastive else 0.0, in_batch_negatives=contrastive,
-        lr=recipe.lr, warmup_steps=recipe.warmup_steps, max_steps=recipe.steps, full_finetune=True,
-        bf16=False, gradcache_chunk=recipe.gradcache_chunk, seed=seed)
+        lr=recipe.lr, warmup_steps=recipe.warmup_steps, max_steps=steps or recipe.steps, full_finetune=True,
+        bf16=False, gradcache_chunk=recipe.gradcache_chunk, max_grad_norm=recipe.max_grad_norm, seed=seed)
 
 
 def plain_records(pairs: pa.Table, negatives: dict[str, list[tuple[str, str]]] | None = None) -> list[dict]:

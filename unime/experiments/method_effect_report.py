@@ -16,8 +16,8 @@ ARM_LABELS = {
     "infonce": "(i) InfoNCE, in-batch negatives",
     "infonce_hard": "(ii) InfoNCE + retrieved hard negatives, no judge",
     "unime": "(iii) UniME-V2: judge-filtered negatives + soft-label KL",
-    "unime_rerank": "(iv) (iii) + trained reranker on the top-k",
     "unime_label": "(iii) with the label judge (upper bound)",
+    "unime_rerank": "(iv) (iii) + trained reranker on the top-k",
 }
 SUMMARY_COLUMNS = ["IND", "OOD", "Overall"]
 
@@ -30,15 +30,23 @@ def seed_scores(per_subset: dict[str, float]) -> dict[str, float]:
 
 
 def arm_statistics(results: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """arm -> column -> (mean, sample std, seeds) over the seeds."""
+    """arm -> column -> (mean, sample std, seeds) over the seeds (arms that trained)."""
     stats = {}
     for arm, by_seed in results["arms"].items():
-        rows = [seed_scores(value["p_at_1"]) for value in by_seed.values()]
+        rows = [seed_scores(value["p_at_1"]) for value in by_seed.values() if "p_at_1" in value]
+        if not rows:
+            continue
         columns = list(rows[0])
         stats[arm] = {c: (float(np.mean([r[c] for r in rows])),
                           float(np.std([r[c] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, len(rows))
                       for c in columns}
     return stats
+
+
+def not_trained(results: dict) -> dict[str, str]:
+    """arm -> why it could not train (e.g. its judge mined no record)."""
+    return {arm: value["not_trained"] for arm, by_seed in results["arms"].items()
+            for value in list(by_seed.values())[:1] if "not_trained" in value}
 
 
 def _cell(stat: tuple[float, float, int]) -> str:
@@ -50,13 +58,17 @@ def _arms_in_order(stats: dict) -> list[str]:
     return [arm for arm in ARM_LABELS if arm in stats]
 
 
-def p_at_1_markdown(stats: dict) -> str:
+def p_at_1_markdown(stats: dict, untrained: dict[str, str] | None = None) -> str:
     arms = _arms_in_order(stats)
     subsets = [c for c in stats[arms[0]] if c not in SUMMARY_COLUMNS]
     columns = subsets + [c for c in SUMMARY_COLUMNS if c in stats[arms[0]]]
     lines = ["| arm | " + " | ".join(c.removeprefix("Demo") for c in columns) + " |",
              "|---|" + "---|" * len(columns)]
-    lines += [f"| {ARM_LABELS[arm]} | " + " | ".join(_cell(stats[arm][c]) for c in columns) + " |" for arm in arms]
+    for arm in ARM_LABELS:
+        if arm in stats:
+            lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(_cell(stats[arm][c]) for c in columns) + " |")
+        elif arm in (untrained or {}):
+            lines.append(f"| {ARM_LABELS[arm]} | not trained: {untrained[arm]} |" + " |" * (len(columns) - 1))
     return "\n".join(lines)
 
 
@@ -102,13 +114,13 @@ def write(results: dict, out_dir: Path, command: str) -> dict[str, Path]:
     minutes = results.get("total_seconds", 0) / 60
     markdown = (f"Command: `{command}` ({minutes:.0f} min on this machine)\n\n"
                 f"Precision@1 (%) per eval subset, mean ± std over seeds {list(results['config']['seeds'])}:\n\n"
-                f"{p_at_1_markdown(stats)}\n\nJudges against the ground truth:\n\n{judges_markdown(results['judges'])}\n")
+                f"{p_at_1_markdown(stats, not_trained(results))}\n\nJudges against the ground truth:\n\n{judges_markdown(results['judges'])}\n")
     paths = {"results": out_dir / "results.json", "table": out_dir / "table.md", "plot": out_dir / "method_effect.png",
              "html": out_dir / "report.html"}
     paths["results"].write_text(json.dumps(results | {"statistics": stats}, indent=1, default=str) + "\n")
     paths["table"].write_text(markdown)
     paths["plot"].write_bytes(png)
-    html_table = _html_table(stats)
+    html_table = _html_table(stats, not_trained(results))
     sections = [Section("arms", "P@1 by arm", html_table + figure(png, "P@1 by arm")),
                 Section("judges", "Judges", _judges_html(results["judges"])),
                 Section("phases", "Phases", table(["phase", "seconds"], [[k, v] for k, v in results.get("seconds", {}).items()],
@@ -117,10 +129,13 @@ def write(results: dict, out_dir: Path, command: str) -> dict[str, Path]:
     return paths
 
 
-def _html_table(stats: dict) -> str:
+def _html_table(stats: dict, untrained: dict[str, str]) -> str:
     arms = _arms_in_order(stats)
     columns = list(stats[arms[0]])
-    return table(["arm", *columns], [[ARM_LABELS[arm], *(_cell(stats[arm][c]) for c in columns)] for arm in arms])
+    rows = [[ARM_LABELS[arm], *(_cell(stats[arm][c]) for c in columns)] for arm in arms]
+    rows += [[ARM_LABELS[arm], f"not trained: {reason}", *[""] * (len(columns) - 1)]
+             for arm, reason in untrained.items()]
+    return table(["arm", *columns], rows)
 
 
 def _judges_html(judges: dict) -> str:
