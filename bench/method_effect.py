@@ -54,10 +54,11 @@ def train_judge(config, paths, pairs, clock) -> tuple[Path, list[float]]:
     key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.judge))
 
     def compute():
-        folder, losses = me.train_chat_model(paths["judge"], me.judge_examples(pairs, seed=0), config.judge.steps,
-                                             config.judge.chats_per_step, config.judge.lr, paths["corpus"], out)
+        folder, losses = clock.time("train judge", me.train_chat_model, paths["judge"], me.judge_examples(pairs, seed=0),
+                                    config.judge.steps, config.judge.chats_per_step, config.judge.lr, paths["corpus"],
+                                    out)
         return {"losses": losses}
-    losses = clock.time("train judge", me.cached_json, out / "unime_result.json", key, compute)["losses"]
+    losses = me.cached_json(out / "unime_result.json", key, compute)["losses"]
     return out, losses
 
 
@@ -69,11 +70,12 @@ def train_base(config, paths, pairs, seed: int, clock) -> tuple[Path, str]:
 
     def compute():
         train = me.arm_train_config("infonce", config.embedder, seed, steps=config.embedder.base_steps)
-        trainer = me.train_embedder(paths[f"embedder_seed{seed}"], me.plain_records(pairs), train, paths["corpus"])
+        trainer = clock.time(f"train base seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
+                             me.plain_records(pairs), train, paths["corpus"])
         trainer.model.save_pretrained(folder)
         trainer.embedder.processor.save_pretrained(folder)
         return {"losses": trainer.losses}
-    clock.time(f"train base seed {seed}", me.cached_json, folder / "unime_result.json", key, compute)
+    me.cached_json(folder / "unime_result.json", key, compute)
     return folder, key
 
 
@@ -96,7 +98,7 @@ def cached_pools(config, retriever: Path, pairs, images, key: str, clock) -> me.
     return pools
 
 
-def judge_scores(config, judge_name, judge, pools, items, images, key) -> me.pa.Table:
+def judge_scores(config, judge_name, judge, pools, items, images, key, clock) -> me.pa.Table:
     """The pool's judge scores, stored as parquet under the run (recomputed when ``key`` changes)."""
     import pyarrow.parquet as pq
 
@@ -106,10 +108,11 @@ def judge_scores(config, judge_name, judge, pools, items, images, key) -> me.pa.
         return pq.read_table(path)
     requests = me.judge_requests(pools)
     pairs = [(*items[q], *items[c]) for q, c in requests]
+    phase = f"{judge_name} judge scores the pools"
     if judge_name == "label":
-        scores = judge.score(pairs)
+        scores = clock.time(phase, judge.score, pairs)
     else:
-        scores = me.score_pairs(judge, pairs, images, config.judge.score_batch)
+        scores = clock.time(phase, me.score_pairs, judge, pairs, images, config.judge.score_batch)
     table = me.scores_table(requests, scores)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
@@ -181,8 +184,7 @@ def run(config: me.MethodEffectConfig) -> dict:
     mined = {}
     for name, judge in (("trained", trained_judge), ("label", label_judge)):
         key = judge_keys[name]
-        scores = clock.time(f"{name} judge scores the pools", judge_scores, config, name, judge, pools, items,
-                            images, key)
+        scores = judge_scores(config, name, judge, pools, items, images, key, clock)
         records, stats = me.mine(pairs, pools, scores, config.mining)
         mined[name] = records
         results["judges"][name] |= {"filter": me.filter_statistics(pools, scores, items, truth, config.mining.beta),
@@ -198,17 +200,18 @@ def run(config: me.MethodEffectConfig) -> dict:
         def train_reranker():
             from unime.train.reranker import reranker_examples
             examples = reranker_examples(me.pa.Table.from_pylist(mined[source]), seed=0).to_pylist()
-            _, losses = me.train_chat_model(paths["reranker"], examples, config.reranker.steps,
-                                            config.reranker.chats_per_step, config.reranker.lr, paths["corpus"],
-                                            reranker_dir)
+            _, losses = clock.time("train reranker", me.train_chat_model, paths["reranker"], examples,
+                                   config.reranker.steps, config.reranker.chats_per_step, config.reranker.lr,
+                                   paths["corpus"], reranker_dir)
             return {"losses": losses}
-        results["reranker_losses"] = clock.time("train reranker", me.cached_json, reranker_dir / "unime_result.json",
-                                                reranker_key, train_reranker)["losses"]
+        results["reranker_losses"] = me.cached_json(reranker_dir / "unime_result.json", reranker_key,
+                                                    train_reranker)["losses"]
 
     retrieved = me.retrieval_negatives(pools, items, config.embedder.num_hard_negatives)
     arm_data = {"infonce_hard": (me.plain_records(pairs, retrieved), retrieval_key),
-                "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key)}
-    for arm in ("infonce_hard", "unime", "unime_label"):
+                "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
+                "unime_label_inbatch": (mined["label"], retrieval_key)}
+    for arm in arm_data:
         if arm not in config.arms:
             continue
         records, data_key = arm_data[arm]

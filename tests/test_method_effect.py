@@ -72,12 +72,15 @@ def test_config_yaml_and_its_checks():
 
 def test_arms_differ_only_in_loss_and_negatives():
     recipe = me.EmbedderRecipe()
-    configs = {arm: me.arm_train_config(arm, recipe, seed=4) for arm in ("infonce", "infonce_hard", "unime")}
+    configs = {arm: me.arm_train_config(arm, recipe, seed=4)
+               for arm in ("infonce", "infonce_hard", "unime", "unime_label", "unime_label_inbatch")}
     assert (configs["infonce"].num_hard_negatives, configs["infonce_hard"].num_hard_negatives) == (0, 8)
     assert configs["infonce"].infonce_weight == 1 and configs["infonce"].soft_label_weight == 0
     assert configs["infonce"].in_batch_negatives and configs["infonce_hard"].in_batch_negatives
     assert configs["unime"].soft_label_weight == 1 and configs["unime"].infonce_weight == 0
-    assert not configs["unime"].in_batch_negatives
+    assert not configs["unime"].in_batch_negatives and configs["unime_label"] == configs["unime"]
+    both = configs["unime_label_inbatch"]
+    assert both.soft_label_weight == 1 and both.infonce_weight == 1 and both.in_batch_negatives
     shared = ("lr", "max_steps", "queries_per_worker", "temperature", "seed", "warmup_steps", "full_finetune")
     assert len({tuple(getattr(c, k) for k in shared) for c in configs.values()}) == 1
 

@@ -21,6 +21,9 @@ The arms share data, model size, steps and seeds:
   as hard negatives, no judge (so no false-negative filter);
 - ``unime``: judge-filtered hard negatives and the soft-label symmetric KL (UniME-V2);
 - ``unime_label``: as ``unime`` with the label judge (ground truth): the upper bound;
+- ``unime_label_inbatch``: ``unime_label`` plus ``infonce_hard``'s InfoNCE with in-batch
+  negatives (METHOD.md: not in the released trainer, a reasonable option): separates what
+  the judge adds from what in-batch negatives add;
 - ``unime_rerank``: the ``unime`` (or ``unime_label``, see :class:`RerankerRecipe`) embedder,
   its top-k reordered by the reranker trained on that arm's mined records.
 
@@ -46,8 +49,8 @@ from unime.data.ids import item_id
 from unime.demo_data import DemoCorpusConfig
 from unime.prompts import NO, YES
 
-ArmName = Literal["infonce", "infonce_hard", "unime", "unime_rerank", "unime_label"]
-ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "unime_label")
+ArmName = Literal["infonce", "infonce_hard", "unime", "unime_rerank", "unime_label", "unime_label_inbatch"]
+ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "unime_label", "unime_label_inbatch")
 
 
 @dataclass
@@ -214,12 +217,13 @@ def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np
 def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int, steps: int | None = None) -> EmbedderTrainConfig:
     """The arm's loss and negatives on the shared recipe (full fine-tuning, ``recipe.steps``
     unless ``steps`` is given)."""
-    contrastive = arm in ("infonce", "infonce_hard")
+    soft_labels = arm.startswith("unime")
+    in_batch = arm in ("infonce", "infonce_hard", "unime_label_inbatch")
     return EmbedderTrainConfig(
         num_workers=1, use_gpu=False, queries_per_worker=recipe.queries_per_step,
         num_hard_negatives=0 if arm == "infonce" else recipe.num_hard_negatives,
-        temperature=recipe.temperature, soft_label_weight=0.0 if contrastive else 1.0,
-        infonce_weight=1.0 if contrastive else 0.0, in_batch_negatives=contrastive,
+        temperature=recipe.temperature, soft_label_weight=1.0 if soft_labels else 0.0,
+        infonce_weight=1.0 if in_batch else 0.0, in_batch_negatives=in_batch,
         lr=recipe.lr, warmup_steps=recipe.warmup_steps, max_steps=steps or recipe.steps, full_finetune=True,
         bf16=False, gradcache_chunk=recipe.gradcache_chunk, max_grad_norm=recipe.max_grad_norm, seed=seed)
 

@@ -17,7 +17,8 @@ ARM_LABELS = {
     "infonce_hard": "(ii) InfoNCE + retrieved hard negatives, no judge",
     "unime": "(iii) UniME-V2: judge-filtered negatives + soft-label KL",
     "unime_label": "(iii) with the label judge (upper bound)",
-    "unime_rerank": "(iv) (iii) + trained reranker on the top-k",
+    "unime_label_inbatch": "(iii) label judge + InfoNCE with in-batch negatives",
+    "unime_rerank": "(iv) (iii)'s embedder + the trained reranker on its top-k",
 }
 SUMMARY_COLUMNS = ["IND", "OOD", "Overall"]
 
@@ -91,7 +92,7 @@ def judges_markdown(judges: dict) -> str:
 def plot_png(stats: dict) -> bytes:
     arms = _arms_in_order(stats)
     columns = [c for c in SUMMARY_COLUMNS if c in stats[arms[0]]]
-    fig, ax = new_figure(7.5, 3.6)
+    fig, ax = new_figure(10, 3.6)
     width = 0.8 / len(arms)
     for k, arm in enumerate(arms):
         means = [stats[arm][c][0] for c in columns]
@@ -102,7 +103,7 @@ def plot_png(stats: dict) -> bytes:
     ax.set_ylabel("Precision@1 (%)")
     seeds = stats[arms[0]][columns[0]][2]
     ax.set_title(f"Demo corpus, mean ± std over {seeds} seed(s)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure_png(fig)
 
 
