@@ -1,11 +1,11 @@
 """Does the method work? UniME-V2 against InfoNCE on the demo corpus (issue 9).
 
-    python bench/method_effect.py                       # configs/method_effect.yaml, ~40 min here
+    python bench/method_effect.py                       # configs/method_effect.yaml, ~30 min here
     python bench/method_effect.py seeds=[0] embedder.steps=20 ...   # dotted overrides
 
 Trains a judge MLLM on the training split, mines the training pairs with it (and with the
-label judge, the upper bound), trains every arm for each seed from the same random init,
-and evaluates P@1 on every eval subset (in-distribution and held-out compositions). Writes
+label judge, the upper bound), fine-tunes every arm from each seed's base embedder, and
+evaluates P@1 on every eval subset (in-distribution and held-out compositions). Writes
 under ``out_dir``: ``results.json``, ``table.md``, ``method_effect.png`` and ``report.html``,
 and prints the table. Reruns reuse finished parts whose configuration is unchanged.
 """
@@ -16,9 +16,10 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,29 +50,87 @@ class Clock:
         return value
 
 
-def train_judge(config, paths, pairs, clock) -> tuple[Path, list[float]]:
-    out = Path(config.out_dir) / "models" / "judge_trained"
+@dataclass
+class Experiment:
+    """What every phase of one run shares."""
+
+    config: me.MethodEffectConfig
+    clock: Clock
+    paths: dict[str, Path]
+    pairs: Any  # pa.Table of training pairs with content ids
+    tables: dict  # eval subset -> pa.Table
+    images: Any  # ImageCache over the corpus
+    items: dict[str, tuple[str, str]]
+    truth: Any  # DemoTruth
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out_dir)
+
+
+def setup(config: me.MethodEffectConfig) -> Experiment:
+    import torch
+
+    from unime.data.images import ImageLimits
+    from unime.demo_truth import DemoTruth
+    from unime.pipeline.common import ImageCache
+
+    torch.set_num_threads(config.torch_threads)
+    clock = Clock(Path(config.out_dir) / "phases.json")
+    paths = clock.time("prepare corpus and checkpoints", me.prepare, config)
+    pairs, tables = me.read_corpus(paths["corpus"])
+    return Experiment(config, clock, paths, pairs, tables, ImageCache(str(paths["corpus"]), ImageLimits(),
+                                                                      capacity=1 << 16),
+                      me.item_lookup(pairs), DemoTruth.load(str(paths["corpus"])))
+
+
+def cached_table(path: Path, key: str, compute):
+    """A parquet table computed once per key (the key is stored beside it)."""
+    import pyarrow.parquet as pq
+
+    stamp = path.with_suffix(".key")
+    if path.exists() and stamp.exists() and stamp.read_text() == key:
+        return pq.read_table(path)
+    table = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    stamp.write_text(key)
+    return table
+
+
+def train_judge(exp: Experiment) -> tuple[Path, list[float]]:
+    """The judge MLLM trained on the training split (yes/no, the reranker's pairwise recipe)."""
+    config, folder = exp.config, exp.out / "models" / "judge_trained"
     key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.judge))
 
     def compute():
-        folder, losses = clock.time("train judge", me.train_chat_model, paths["judge"], me.judge_examples(pairs, seed=0),
-                                    config.judge.steps, config.judge.chats_per_step, config.judge.lr, paths["corpus"],
-                                    out)
+        _, losses = exp.clock.time("train judge", me.train_chat_model, exp.paths["judge"],
+                                   me.judge_examples(exp.pairs, seed=0), config.judge.steps,
+                                   config.judge.chats_per_step, config.judge.lr, exp.paths["corpus"], folder)
         return {"losses": losses}
-    losses = me.cached_json(out / "unime_result.json", key, compute)["losses"]
-    return out, losses
+    return folder, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
 
 
-def train_base(config, paths, pairs, seed: int, clock) -> tuple[Path, str]:
+def held_out_agreement(exp: Experiment, judges: dict) -> dict[str, dict]:
+    """Each judge's AUC against the ground truth on held-out eval pairs."""
+    pairs = me.eval_pairs(exp.tables, exp.config.judge.auc_candidates)
+    scores = {"trained": exp.clock.time("judge held-out pairs", me.score_pairs, judges["trained"], pairs, exp.images,
+                                        exp.config.judge.score_batch),
+              "label": judges["label"].score(pairs)}
+    return {name: {"held_out_auc": me.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs)}
+            for name, value in scores.items()}
+
+
+def train_base(exp: Experiment, seed: int) -> tuple[Path, str]:
     """The seed's base embedder (InfoNCE, ``embedder.base_steps`` from random init), saved
     where ``from_pretrained`` loads it; returns the folder and its cache key."""
-    folder = Path(config.out_dir) / "models" / f"base_seed{seed}"
+    config, folder = exp.config, exp.out / "models" / f"base_seed{seed}"
     key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.embedder), seed)
 
     def compute():
         train = me.arm_train_config("infonce", config.embedder, seed, steps=config.embedder.base_steps)
-        trainer = clock.time(f"train base seed {seed}", me.train_embedder, paths[f"embedder_seed{seed}"],
-                             me.plain_records(pairs), train, paths["corpus"])
+        trainer = exp.clock.time(f"train base seed {seed}", me.train_embedder, exp.paths[f"embedder_seed{seed}"],
+                                 me.plain_records(exp.pairs), train, exp.paths["corpus"])
         trainer.model.save_pretrained(folder)
         trainer.embedder.processor.save_pretrained(folder)
         return {"losses": trainer.losses}
@@ -79,161 +138,128 @@ def train_base(config, paths, pairs, seed: int, clock) -> tuple[Path, str]:
     return folder, key
 
 
-def cached_pools(config, retriever: Path, pairs, images, key: str, clock) -> me.pa.Table:
-    """The global retrieval pools of the training pairs, by the retriever (stored as parquet)."""
-    import pyarrow.parquet as pq
-
+def retrieval(exp: Experiment, retriever: Path, key: str):
+    """The global retrieval pools of the training pairs, by the retriever."""
     from unime.models import Embedder
 
-    path = Path(config.out_dir) / "mining" / "pools.parquet"
-    stamp = path.with_suffix(".key")
-    if path.exists() and stamp.exists() and stamp.read_text() == key:
-        return pq.read_table(path)
-    embedder = Embedder(str(retriever), dtype="float32", device="cpu")
-    pools = clock.time("global retrieval", me.retrieval_pools, embedder, pairs, images, config.mining.pool_size,
-                       config.embed_batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pools, path)
-    stamp.write_text(key)
-    return pools
+    def compute():
+        embedder = Embedder(str(retriever), dtype="float32", device="cpu")
+        return exp.clock.time("global retrieval", me.retrieval_pools, embedder, exp.pairs, exp.images,
+                              exp.config.mining.pool_size, exp.config.embed_batch)
+    return cached_table(exp.out / "mining" / "pools.parquet", key, compute)
 
 
-def judge_scores(config, judge_name, judge, pools, items, images, key, clock) -> me.pa.Table:
-    """The pool's judge scores, stored as parquet under the run (recomputed when ``key`` changes)."""
-    import pyarrow.parquet as pq
-
-    path = Path(config.out_dir) / "mining" / f"scores_{judge_name}.parquet"
-    stamp = path.with_suffix(".key")
-    if path.exists() and stamp.exists() and stamp.read_text() == key:
-        return pq.read_table(path)
+def judge_and_mine(exp: Experiment, name: str, judge, pools, key: str) -> tuple[list[dict], dict]:
+    """One judge scores every pool; the mine stage's filter and selection; its statistics."""
     requests = me.judge_requests(pools)
-    pairs = [(*items[q], *items[c]) for q, c in requests]
-    phase = f"{judge_name} judge scores the pools"
-    if judge_name == "label":
-        scores = clock.time(phase, judge.score, pairs)
-    else:
-        scores = clock.time(phase, me.score_pairs, judge, pairs, images, config.judge.score_batch)
-    table = me.scores_table(requests, scores)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    stamp.write_text(key)
-    return table
+    pairs = [(*exp.items[q], *exp.items[c]) for q, c in requests]
+
+    def compute():
+        phase = f"{name} judge scores the pools"
+        scores = (exp.clock.time(phase, judge.score, pairs) if name == "label" else
+                  exp.clock.time(phase, me.score_pairs, judge, pairs, exp.images, exp.config.judge.score_batch))
+        return me.scores_table(requests, scores)
+    scores = cached_table(exp.out / "mining" / f"scores_{name}.parquet", key, compute)
+    records, stats = me.mine(exp.pairs, pools, scores, exp.config.mining)
+    return records, {"filter": me.filter_statistics(pools, scores, exp.items, exp.truth, exp.config.mining.beta),
+                     "records": len(records), "skipped": stats["skipped"], "pool_pairs": stats["pool_pairs"]}
+
+
+def train_reranker(exp: Experiment, records: list[dict], key: str) -> tuple[Path, list[float]]:
+    from unime.train.reranker import reranker_examples
+
+    config, folder = exp.config, exp.out / "models" / "reranker_trained"
+
+    def compute():
+        examples = reranker_examples(me.pa.Table.from_pylist(records), seed=0).to_pylist()
+        _, losses = exp.clock.time("train reranker", me.train_chat_model, exp.paths["reranker"], examples,
+                                   config.reranker.steps, config.reranker.chats_per_step, config.reranker.lr,
+                                   exp.paths["corpus"], folder)
+        return {"losses": losses}
+    return folder, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
+
+
+def fine_tune(exp: Experiment, base: Path, arm: str, seed: int, records: list[dict], reranker: Path | None) -> dict:
+    """One arm, one seed: fine-tune the base, evaluate, and rerank its top-k if asked."""
+    config, clock = exp.config, exp.clock
+    trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, base, records,
+                         me.arm_train_config(arm, config.embedder, seed), exp.paths["corpus"])
+    p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder, exp.tables,
+                                    exp.images, config.embed_batch)
+    value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
+    if reranker is not None:
+        from unime.rerank import Reranker
+
+        model = Reranker(str(reranker), backend="hf", dtype="float32", device="cpu")
+        value["rerank"] = {mode: clock.time(f"rerank {mode} seed {seed}", me.rerank_precision, model, exp.tables,
+                                            row_scores, exp.images, config.reranker.rerank_k, mode)
+                           for mode in config.reranker.modes}
+    return value
 
 
 def run(config: me.MethodEffectConfig) -> dict:
-    import torch
-
-    from unime.data.images import ImageLimits
-    from unime.demo_truth import DemoTruth
     from unime.judge import HFJudge
     from unime.judge.label import LabelJudge
-    from unime.pipeline.common import ImageCache
 
-    torch.set_num_threads(config.torch_threads)
-    out = Path(config.out_dir)
-    clock = Clock(out / "phases.json")
-    paths = clock.time("prepare corpus and checkpoints", me.prepare, config)
-    pairs, tables = me.read_corpus(paths["corpus"])
-    images = ImageCache(str(paths["corpus"]), ImageLimits(), capacity=1 << 16)
-    truth, items = DemoTruth.load(str(paths["corpus"])), me.item_lookup(pairs)
-    results: dict = {"config": asdict(config), "train_pairs": pairs.num_rows,
-                     "eval_rows": {name: table.num_rows for name, table in tables.items()}, "arms": {}, "judges": {}}
-
-    judge_dir, results["judge_losses"] = train_judge(config, paths, pairs, clock)
-    trained_judge = HFJudge(str(judge_dir), dtype="float32", device="cpu")
-    label_judge = LabelJudge(str(paths["corpus"]))
-    held_out = me.eval_pairs(tables, config.judge.auc_candidates)
-    held_out_scores = clock.time("judge held-out pairs", me.score_pairs, trained_judge, held_out, images,
-                                 config.judge.score_batch)
-    results["judges"]["trained"] = {"held_out_auc": me.judge_auc(held_out_scores, held_out, truth),
-                                    "held_out_pairs": len(held_out)}
-    results["judges"]["label"] = {"held_out_auc": me.judge_auc(label_judge.score(held_out), held_out, truth),
-                                  "held_out_pairs": len(held_out)}
+    exp = setup(config)
+    results: dict = {"config": asdict(config), "train_pairs": exp.pairs.num_rows, "arms": {},
+                     "eval_rows": {name: table.num_rows for name, table in exp.tables.items()}}
+    judge_dir, results["judge_losses"] = train_judge(exp)
+    judges = {"trained": HFJudge(str(judge_dir), dtype="float32", device="cpu"),
+              "label": LabelJudge(str(exp.paths["corpus"]))}
+    results["judges"] = held_out_agreement(exp, judges)
 
     # Every seed's base: InfoNCE from that seed's random init (the analogue of the paper's
     # pretrained backbone); the first seed's base is the off-the-shelf retriever of the
     # mining pool (METHOD.md section 2). Every arm then fine-tunes its seed's base.
-    bases = {seed: train_base(config, paths, pairs, seed, clock) for seed in config.seeds}
+    bases = {seed: train_base(exp, seed) for seed in config.seeds}
     retrieval_key = me.fingerprint(bases[config.seeds[0]][1], config.mining.pool_size)
-    pools = cached_pools(config, bases[config.seeds[0]][0], pairs, images, retrieval_key, clock)
-
-    def arm_key(arm, seed, *extra):
-        return me.fingerprint(arm, seed, bases[seed][1], asdict(config.embedder), *extra)
-
-    def fine_tune(arm, seed, records, rerank=None):
-        trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, bases[seed][0], records,
-                             me.arm_train_config(arm, config.embedder, seed), paths["corpus"])
-        p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder, tables, images,
-                                        config.embed_batch)
-        value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
-        if rerank is not None:
-            from unime.rerank import Reranker
-            reranker = Reranker(str(rerank), backend="hf", dtype="float32", device="cpu")
-            value["rerank"] = {mode: clock.time(f"rerank {mode} seed {seed}", me.rerank_precision, reranker, tables,
-                                                row_scores, images, config.reranker.rerank_k, mode)
-                               for mode in config.reranker.modes}
-        return value
-
-    base_records = me.plain_records(pairs)
-    for seed in config.seeds:
-        path = out / "results" / f"infonce_seed{seed}.json"
-        results["arms"].setdefault("infonce", {})[seed] = me.cached_json(
-            path, arm_key("infonce", seed), lambda seed=seed: fine_tune("infonce", seed, base_records))
-
+    pools = retrieval(exp, bases[config.seeds[0]][0], retrieval_key)
     judge_keys = {"trained": me.fingerprint(retrieval_key, asdict(config.judge)), "label": retrieval_key}
     mined = {}
-    for name, judge in (("trained", trained_judge), ("label", label_judge)):
-        key = judge_keys[name]
-        scores = judge_scores(config, name, judge, pools, items, images, key, clock)
-        records, stats = me.mine(pairs, pools, scores, config.mining)
-        mined[name] = records
-        results["judges"][name] |= {"filter": me.filter_statistics(pools, scores, items, truth, config.mining.beta),
-                                    "records": len(records), "skipped": stats["skipped"],
-                                    "pool_pairs": stats["pool_pairs"]}
+    for name, judge in judges.items():
+        mined[name], statistics = judge_and_mine(exp, name, judge, pools, judge_keys[name])
+        results["judges"][name] |= statistics
 
-    reranker_dir = None
+    reranker = None
     source = config.reranker.judge
     if "unime_rerank" in config.arms and mined[source]:
-        reranker_dir = out / "models" / "reranker_trained"
-        reranker_key = me.fingerprint(judge_keys[source], asdict(config.reranker))
+        reranker, results["reranker_losses"] = train_reranker(
+            exp, mined[source], me.fingerprint(judge_keys[source], asdict(config.reranker)))
 
-        def train_reranker():
-            from unime.train.reranker import reranker_examples
-            examples = reranker_examples(me.pa.Table.from_pylist(mined[source]), seed=0).to_pylist()
-            _, losses = clock.time("train reranker", me.train_chat_model, paths["reranker"], examples,
-                                   config.reranker.steps, config.reranker.chats_per_step, config.reranker.lr,
-                                   paths["corpus"], reranker_dir)
-            return {"losses": losses}
-        results["reranker_losses"] = me.cached_json(reranker_dir / "unime_result.json", reranker_key,
-                                                    train_reranker)["losses"]
-
-    retrieved = me.retrieval_negatives(pools, items, config.embedder.num_hard_negatives)
-    arm_data = {"infonce_hard": (me.plain_records(pairs, retrieved), retrieval_key),
+    retrieved = me.retrieval_negatives(pools, exp.items, config.embedder.num_hard_negatives)
+    arm_data = {"infonce": (me.plain_records(exp.pairs), None),
+                "infonce_hard": (me.plain_records(exp.pairs, retrieved), retrieval_key),
                 "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
                 "unime_label_inbatch": (mined["label"], retrieval_key)}
-    for arm in arm_data:
+    for arm, (records, data_key) in arm_data.items():
         if arm not in config.arms:
             continue
-        records, data_key = arm_data[arm]
-        rerank = arm == config.reranked_arm and reranker_dir is not None
+        rerank = reranker if arm == config.reranked_arm else None
         for seed in config.seeds:
-            if not records:
-                results["arms"].setdefault(arm, {})[seed] = {"records": 0, "not_trained": NOT_TRAINABLE}
-                continue
-            extra = (data_key, asdict(config.reranker) if rerank else None)
-            compute = partial(fine_tune, arm, seed, records, reranker_dir if rerank else None)
-            path = out / "results" / f"{arm}_seed{seed}.json"
-            value = me.cached_json(path, arm_key(arm, seed, *extra), compute)
-            results["arms"].setdefault(arm, {})[seed] = value
-            if rerank:
+            extra = () if data_key is None else (data_key, asdict(config.reranker) if rerank else None)
+            results["arms"].setdefault(arm, {})[seed] = value = arm_result(
+                exp, bases[seed], arm, seed, records, rerank, extra)
+            if rerank is not None:
                 results["arms"].setdefault("unime_rerank", {})[seed] = {
                     "p_at_1": value["rerank"][config.reranker.modes[0]], "modes": value["rerank"]}
-    if "unime_rerank" in config.arms and reranker_dir is None:
+    if "unime_rerank" in config.arms and reranker is None:
         results["arms"]["unime_rerank"] = {seed: {"records": 0, "not_trained": f"no {source}-judge records to train "
                                                   "the reranker on"} for seed in config.seeds}
     # phases of this configuration only (a changed config leaves stale names behind)
-    results["seconds"] = {k: v for k, v in clock.seconds.items() if _current_phase(k, config)}
+    results["seconds"] = {k: v for k, v in exp.clock.seconds.items() if _current_phase(k, config)}
     return results
+
+
+def arm_result(exp: Experiment, base: tuple[Path, str], arm: str, seed: int, records: list[dict],
+               reranker: Path | None, extra: tuple) -> dict:
+    """The arm's cached result for a seed (keyed by its base, recipe and ``extra``: the data's
+    and the reranker's keys), or why it could not train."""
+    if not records:
+        return {"records": 0, "not_trained": NOT_TRAINABLE}
+    key = me.fingerprint(arm, seed, base[1], asdict(exp.config.embedder), *extra)
+    return me.cached_json(exp.out / "results" / f"{arm}_seed{seed}.json", key,
+                          partial(fine_tune, exp, base[0], arm, seed, records, reranker))
 
 
 def _current_phase(phase: str, config) -> bool:

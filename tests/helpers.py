@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,6 +17,13 @@ from unime.pipeline.runner import MINING_STAGES
 from unime.pipeline.runner import STAGES as REGISTRY
 
 STAGES = [(name, REGISTRY[name]) for name in MINING_STAGES]
+
+
+def config_classes() -> dict[str, type]:
+    """YAMLs under configs/ that configure another entry point than the pipeline, by name."""
+    from unime.experiments.method_effect import MethodEffectConfig
+
+    return {"method_effect.yaml": MethodEffectConfig}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +32,7 @@ def load_script(relative_path: str):
     path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

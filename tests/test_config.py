@@ -2,12 +2,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import config_classes
 from unime.config import ConfigError, PipelineConfig, load_config
-from unime.experiments.method_effect import MethodEffectConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-# Configs of other entry points than the pipeline, by file name.
-CONFIG_CLASSES = {"method_effect.yaml": MethodEffectConfig}
+CONFIG_CLASSES = config_classes()
 
 
 def test_there_are_configs():
