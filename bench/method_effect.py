@@ -1,7 +1,7 @@
 """Does the method work? UniME-V2 against InfoNCE on the demo corpus (issue 9).
 
     python bench/method_effect.py                       # configs/method_effect.yaml, ~30 min here
-    python bench/method_effect.py seeds=[0] embedder.steps=20 ...   # dotted overrides
+    python bench/method_effect.py seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
 
 Trains a judge MLLM on the training split, mines the training pairs with it (and with the
 label judge, the upper bound), fine-tunes every arm from each seed's base embedder, and
@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,16 @@ class Experiment:
     pairs: Any  # pa.Table of training pairs with content ids
     tables: dict  # eval subset -> pa.Table
     images: Any  # ImageCache over the corpus
-    items: dict[str, tuple[str, str]]
+    items: Any  # pa.Table of the pairs' unique items (id, text, image)
     truth: Any  # DemoTruth
 
     @property
     def out(self) -> Path:
         return Path(self.config.out_dir)
+
+    @cached_property
+    def item_of(self) -> dict[str, tuple[str, str]]:
+        return me.item_lookup(self.items)
 
 
 def setup(config: me.MethodEffectConfig) -> Experiment:
@@ -74,6 +78,7 @@ def setup(config: me.MethodEffectConfig) -> Experiment:
     from unime.data.images import ImageLimits
     from unime.demo_truth import DemoTruth
     from unime.pipeline.common import ImageCache
+    from unime.pipeline.embed import unique_items
 
     torch.set_num_threads(config.torch_threads)
     clock = Clock(Path(config.out_dir) / "phases.json")
@@ -81,7 +86,7 @@ def setup(config: me.MethodEffectConfig) -> Experiment:
     pairs, tables = me.read_corpus(paths["corpus"])
     return Experiment(config, clock, paths, pairs, tables, ImageCache(str(paths["corpus"]), ImageLimits(),
                                                                       capacity=1 << 16),
-                      me.item_lookup(pairs), DemoTruth.load(str(paths["corpus"])))
+                      unique_items(pairs), DemoTruth.load(str(paths["corpus"])))
 
 
 def cached_table(path: Path, key: str, compute):
@@ -151,8 +156,8 @@ def retrieval(exp: Experiment, retriever: Path, key: str):
 
 def judge_and_mine(exp: Experiment, name: str, judge, pools, key: str) -> tuple[list[dict], dict]:
     """One judge scores every pool; the mine stage's filter and selection; its statistics."""
-    requests = me.judge_requests(pools)
-    pairs = [(*exp.items[q], *exp.items[c]) for q, c in requests]
+    requests = me.judge_requests(pools, exp.items)
+    pairs = [(*exp.item_of[q], *exp.item_of[c]) for q, c in requests]
 
     def compute():
         phase = f"{name} judge scores the pools"
@@ -227,7 +232,7 @@ def run(config: me.MethodEffectConfig) -> dict:
         reranker, results["reranker_losses"] = train_reranker(
             exp, mined[source], me.fingerprint(judge_keys[source], asdict(config.reranker)))
 
-    retrieved = me.retrieval_negatives(pools, exp.items, config.embedder.num_hard_negatives)
+    retrieved = me.retrieval_negatives(pools, exp.item_of, config.embedder.train.num_hard_negatives)
     arm_data = {"infonce": (me.plain_records(exp.pairs), None),
                 "infonce_hard": (me.plain_records(exp.pairs, retrieved), retrieval_key),
                 "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
@@ -272,7 +277,7 @@ def _current_phase(phase: str, config) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. embedder.steps=20")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. embedder.train.max_steps=20")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides, cls=me.MethodEffectConfig)
     results = run(config)

@@ -4,6 +4,7 @@ and a reduced end-to-end run in which every arm trains and evaluates."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ import torch
 
 from tests.helpers import ROOT, load_script
 from unime import demo_data
-from unime.config import ConfigError, load_config
+from unime.config import ConfigError, EmbedderTrainConfig, load_config
 from unime.data import read_eval, read_pairs
 from unime.demo_data import DemoCorpusConfig
 from unime.demo_truth import DemoTruth
@@ -98,12 +99,13 @@ def test_loss_weights_select_the_objective():
         ("unime", soft_kl_alignment(torch.einsum("bd,bcd->bc", queries, candidates.reshape(4, 3, 8)), judge, 0.05)),
     ):
         trainer = EmbedderTrainer.__new__(EmbedderTrainer)
-        trainer.config = me.arm_train_config(arm, me.EmbedderRecipe(temperature=0.05, num_hard_negatives=2), 0)
+        recipe = me.EmbedderRecipe(train=replace(me.EmbedderRecipe().train, temperature=0.05, num_hard_negatives=2))
+        trainer.config = me.arm_train_config(arm, recipe, 0)
         torch.testing.assert_close(trainer.loss_fn(judge)(queries, candidates), expected)
     with pytest.raises(ConfigError, match="nothing to train"):
-        me.arm_train_config("unime", me.EmbedderRecipe(), 0).__class__(soft_label_weight=0.0, infonce_weight=0.0)
+        EmbedderTrainConfig(soft_label_weight=0.0, infonce_weight=0.0)
     with pytest.raises(ConfigError, match="at least one hard negative"):
-        me.arm_train_config("unime", me.EmbedderRecipe(), 0).__class__(num_hard_negatives=0)
+        EmbedderTrainConfig(num_hard_negatives=0)
 
 
 def _pairs(rows):
@@ -147,6 +149,7 @@ def test_tables_report_mean_and_spread_over_seeds():
     assert stats["infonce"]["OOD"][0] == 20.0 and stats["infonce"]["IND"][0] == 65.0
     markdown = report.p_at_1_markdown(stats)
     assert "60.0 ± 14.1" in markdown and "(i) InfoNCE" in markdown
+    assert "| (i) InfoNCE, in-batch negatives | 46.7 | 53.3 |" in report.per_seed_markdown(results)
 
 
 @pytest.mark.integration
@@ -155,7 +158,8 @@ def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
     bench = load_script("bench/method_effect.py")
     out = tmp_path / "run"
     bench.main([f"out_dir={out}", "seeds=[0]", "corpus.train_images=60", "corpus.grounding_images=20",
-                "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.base_steps=4", "embedder.steps=4", "embedder.queries_per_step=8",
+                "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.base_steps=4", "embedder.train.max_steps=4",
+                "embedder.train.queries_per_worker=8",
                 "judge.steps=3", "judge.chats_per_step=8", "reranker.steps=3", "reranker.chats_per_step=6",
                 "mining.pool_size=10"])
     results = json.loads((out / "results.json").read_text())

@@ -31,3 +31,15 @@ def test_none_survive_means_skip():
 def test_misaligned_inputs():
     with pytest.raises(ValueError, match="2 candidates but 1 scores"):
         select_hard_negatives(["a", "b"], [0.1], 0.5)
+
+
+def test_pool_filter_flags_apply_the_filter_to_every_pool_in_order():
+    import pyarrow as pa
+
+    from unime.mining import pool_filter_flags, score_lookup
+
+    pools = pa.table({"query_id": ["q", "r"], "pos_id": ["p", "s"], "pool_ids": [["a", "b"], ["c"]]})
+    scores = pa.table({"query_id": ["q", "q", "q", "r", "r"], "candidate_id": ["p", "a", "b", "s", "c"],
+                       "score": [0.9, 0.95, 0.2, 0.5, 0.495]})
+    dropped, values = pool_filter_flags(pools, score_lookup(scores), beta=0.01)
+    assert dropped == [True, False, True] and values == [0.95, 0.2, 0.495]

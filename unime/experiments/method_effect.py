@@ -37,7 +37,7 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,7 +45,6 @@ import numpy as np
 import pyarrow as pa
 
 from unime.config import EmbedderTrainConfig, MiningConfig, RerankerTrainConfig
-from unime.data.ids import item_id
 from unime.demo_data import DemoCorpusConfig
 from unime.prompts import NO, YES
 
@@ -53,20 +52,20 @@ ArmName = Literal["infonce", "infonce_hard", "unime", "unime_rerank", "unime_lab
 ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "unime_label", "unime_label_inbatch")
 
 
+def _arm_training() -> EmbedderTrainConfig:
+    return EmbedderTrainConfig(num_workers=1, use_gpu=False, queries_per_worker=32, lr=3e-4, warmup_steps=40,
+                               max_steps=600, temperature=0.05, max_grad_norm=1.0, full_finetune=True, bf16=False,
+                               gradcache_chunk=0)
+
+
 @dataclass
 class EmbedderRecipe:
     """What every arm shares: the base (``base_steps`` of InfoNCE from random init, per seed),
-    then ``steps`` of the arm's own training; queries per step, optimiser, temperature."""
+    then ``train`` (steps, queries per step, optimiser, temperature, hard negatives per
+    query) with the arm's own loss and negatives set by :func:`arm_train_config`."""
 
     base_steps: int = 800
-    steps: int = 600
-    queries_per_step: int = 32
-    num_hard_negatives: int = 8
-    lr: float = 3e-4
-    warmup_steps: int = 40
-    temperature: float = 0.05
-    max_grad_norm: float | None = 1.0
-    gradcache_chunk: int = 0
+    train: EmbedderTrainConfig = field(default_factory=_arm_training)
 
 
 @dataclass
@@ -179,16 +178,12 @@ def prepare(config: MethodEffectConfig) -> dict[str, Path]:
 
 
 def read_corpus(corpus: Path) -> tuple[pa.Table, dict[str, pa.Table]]:
-    """Training pairs (with content ids) and eval subsets, through the data layer's readers."""
+    """Training pairs (with their content ids) and eval subsets, through the data layer's readers."""
     from unime.data.readers import read_eval, read_pairs
 
     pairs, result = read_pairs(str(corpus / "train"), image_root=str(corpus))
     if result.quarantine:
         raise ValueError(f"the experiment corpus has bad rows: {result.quarantine[:3]}")
-    pairs = pairs.append_column("query_id", pa.array([item_id(t, i) for t, i in zip(
-        pairs["query_text"].to_pylist(), pairs["query_image"].to_pylist())]))
-    pairs = pairs.append_column("pos_id", pa.array([item_id(t, i) for t, i in zip(
-        pairs["pos_text"].to_pylist(), pairs["pos_image"].to_pylist())]))
     tables, _ = read_eval(str(corpus / "eval"), image_root=str(corpus))
     return pairs, tables
 
@@ -215,17 +210,13 @@ def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np
 
 
 def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int, steps: int | None = None) -> EmbedderTrainConfig:
-    """The arm's loss and negatives on the shared recipe (full fine-tuning, ``recipe.steps``
-    unless ``steps`` is given)."""
+    """The shared ``recipe.train`` with the arm's loss and negatives (``steps`` overrides
+    ``max_steps``, for the base)."""
     soft_labels = arm.startswith("unime")
     in_batch = arm in ("infonce", "infonce_hard", "unime_label_inbatch")
-    return EmbedderTrainConfig(
-        num_workers=1, use_gpu=False, queries_per_worker=recipe.queries_per_step,
-        num_hard_negatives=0 if arm == "infonce" else recipe.num_hard_negatives,
-        temperature=recipe.temperature, soft_label_weight=1.0 if soft_labels else 0.0,
-        infonce_weight=1.0 if in_batch else 0.0, in_batch_negatives=in_batch,
-        lr=recipe.lr, warmup_steps=recipe.warmup_steps, max_steps=steps or recipe.steps, full_finetune=True,
-        bf16=False, gradcache_chunk=recipe.gradcache_chunk, max_grad_norm=recipe.max_grad_norm, seed=seed)
+    return replace(recipe.train, num_hard_negatives=0 if arm == "infonce" else recipe.train.num_hard_negatives,
+                   soft_label_weight=1.0 if soft_labels else 0.0, infonce_weight=1.0 if in_batch else 0.0,
+                   in_batch_negatives=in_batch, max_steps=steps or recipe.train.max_steps, seed=seed)
 
 
 def plain_records(pairs: pa.Table, negatives: dict[str, list[tuple[str, str]]] | None = None) -> list[dict]:
@@ -293,19 +284,19 @@ def retrieval_pools(embedder, pairs: pa.Table, images, pool_size: int, batch_siz
         "pool_ids": [[ids[j] for j in found_row if j >= 0] for found_row in found]})
 
 
-def item_lookup(pairs: pa.Table) -> dict[str, tuple[str, str]]:
-    rows = pairs.to_pylist()
-    lookup = {r["query_id"]: (r["query_text"], r["query_image"]) for r in rows}
-    return lookup | {r["pos_id"]: (r["pos_text"], r["pos_image"]) for r in rows}
+def item_lookup(items: pa.Table) -> dict[str, tuple[str, str]]:
+    """Content id -> ``(text, image)`` of an item table (:func:`unime.pipeline.embed.unique_items`)."""
+    return dict(zip(items["id"].to_pylist(), zip(items["text"].to_pylist(), items["image"].to_pylist())))
 
 
-def judge_requests(pools: pa.Table) -> list[tuple[str, str]]:
-    """Every (query id, candidate id) the judge scores: the positive and the pool, once each."""
-    requests = []
-    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
-                                     pools["pool_ids"].to_pylist()):
-        requests += [(query, positive)] + [(query, c) for c in pool]
-    return list(dict.fromkeys(requests))
+def judge_requests(pools: pa.Table, items: pa.Table) -> list[tuple[str, str]]:
+    """Every (query id, candidate id) the judge stage scores: each query's positives and pool
+    candidates, once each (the stage's own :func:`unime.pipeline.judge.judge_requests`, flat)."""
+    from unime.pipeline.judge import judge_requests as stage_requests
+
+    requests = stage_requests(pools, items)
+    return [(query, candidate) for query, candidates in
+            zip(requests["query_id"].to_pylist(), requests["candidate_ids"].to_pylist()) for candidate in candidates]
 
 
 def score_pairs(judge, pairs: list[tuple[str, str, str, str]], images, batch_size: int) -> np.ndarray:
@@ -313,12 +304,8 @@ def score_pairs(judge, pairs: list[tuple[str, str, str, str]], images, batch_siz
     candidate text, candidate image)`` pairs (image paths), the judge chat of METHOD.md section 3."""
     from unime.judge.prompts import build_judge_messages
 
-    scores = []
-    for start in range(0, len(pairs), batch_size):
-        chats = [build_judge_messages(qt, images.get(qi), ct, images.get(ci))
-                 for qt, qi, ct, ci in pairs[start: start + batch_size]]
-        scores.append(judge.score(chats))
-    return np.concatenate(scores) if scores else np.zeros(0)
+    chats = [build_judge_messages(qt, images.get(qi), ct, images.get(ci)) for qt, qi, ct, ci in pairs]
+    return judge.score(chats, batch_size)
 
 
 def scores_table(requests: list[tuple[str, str]], scores: np.ndarray) -> pa.Table:
@@ -348,22 +335,17 @@ def retrieval_negatives(pools: pa.Table, items: dict, count: int) -> dict[str, l
     return negatives
 
 
-def filter_statistics(pools: pa.Table, scores: pa.Table, items: dict, truth, beta: float) -> dict:
-    """The false-negative filter against the ground truth, and the judge's AUC on the pools."""
-    from unime.demo_truth import filter_quality, roc_auc
-    from unime.mining import is_false_negative
+def filter_statistics(pools: pa.Table, scores: pa.Table, items: pa.Table, truth, beta: float) -> dict:
+    """The false-negative filter against the ground truth; the judge's AUC and score range
+    over the pools."""
+    from unime.demo_truth import filter_quality, pool_truth, roc_auc
+    from unime.mining import pool_filter_flags, score_lookup
 
-    score_of = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
-                        scores["score"].to_pylist()))
-    filtered, truly, pool_scores = [], [], []
-    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
-                                     pools["pool_ids"].to_pylist()):
-        cand_scores = [score_of[(query, c)] for c in pool]
-        filtered += is_false_negative(cand_scores, score_of[(query, positive)], beta)
-        truly += [truth.matches(*items[query], *items[c]) for c in pool]
-        pool_scores += cand_scores
-    quality = filter_quality(np.array(filtered), np.array(truly))
-    quality["pool_auc"] = roc_auc(np.array(pool_scores), np.array(truly)) if 0 < sum(truly) < len(truly) else None
+    filtered, pool_scores = pool_filter_flags(pools, score_lookup(scores), beta)
+    truly = np.array([match for row in pool_truth(pools, items, truth) for match in row], dtype=bool)
+    quality = filter_quality(np.array(filtered), truly)
+    quality["pool_auc"] = roc_auc(np.array(pool_scores), truly) if 0 < truly.sum() < len(truly) else None
+    quality["score_range"] = [min(pool_scores), max(pool_scores)] if pool_scores else None
     return quality
 
 

@@ -73,20 +73,36 @@ def p_at_1_markdown(stats: dict, untrained: dict[str, str] | None = None) -> str
     return "\n".join(lines)
 
 
+def per_seed_markdown(results: dict) -> str:
+    """Each trained arm's Overall P@1 seed by seed."""
+    seeds = list(results["config"]["seeds"])
+    lines = ["| arm | " + " | ".join(f"seed {seed}" for seed in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for arm in ARM_LABELS:
+        by_seed = {str(seed): value for seed, value in results["arms"].get(arm, {}).items()}
+        if all("p_at_1" in by_seed.get(str(seed), {}) for seed in seeds):
+            cells = [f"{seed_scores(by_seed[str(seed)]['p_at_1'])['Overall']:.1f}" for seed in seeds]
+            lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
 def judges_markdown(judges: dict) -> str:
     lines = ["| judge | AUC, held-out eval pairs | AUC, training pools | FN filter precision | FN filter recall "
-             "| filtered / true FN in pools | records mined |", "|---|---|---|---|---|---|---|"]
+             "| filtered / true FN in pools | P(Yes) range in pools | records mined |", "|---|---|---|---|---|---|---|---|"]
     names = {"trained": "MLLM judge trained on the training split", "label": "label judge (ground truth)"}
     for name, judge in judges.items():
         f = judge["filter"]
         lines.append(f"| {names.get(name, name)} | {_fmt(judge['held_out_auc'])} | {_fmt(f['pool_auc'])} "
                      f"| {_fmt(f['precision'])} | {_fmt(f['recall'])} | {f['filtered']} / {f['false_negatives']} "
-                     f"| {judge['records']} ({judge['skipped']} skipped) |")
+                     f"| {_range(f.get('score_range'))} | {judge['records']} ({judge['skipped']} skipped) |")
     return "\n".join(lines)
+
+
+def _range(bounds) -> str:
+    return "-" if not bounds else f"{bounds[0]:.4f} to {bounds[1]:.4f}"
 
 
 def plot_png(stats: dict) -> bytes:
@@ -113,9 +129,13 @@ def write(results: dict, out_dir: Path, command: str) -> dict[str, Path]:
     stats = arm_statistics(results)
     png = plot_png(stats)
     minutes = results.get("total_seconds", 0) / 60
+    rows = ", ".join(f"{name.removeprefix('Demo')} {count}" for name, count in results["eval_rows"].items())
     markdown = (f"Command: `{command}` ({minutes:.0f} min on this machine)\n\n"
+                f"{results['train_pairs']} training pairs; eval rows: {rows}.\n\n"
                 f"Precision@1 (%) per eval subset, mean ± std over seeds {list(results['config']['seeds'])}:\n\n"
-                f"{p_at_1_markdown(stats, not_trained(results))}\n\nJudges against the ground truth:\n\n{judges_markdown(results['judges'])}\n")
+                f"{p_at_1_markdown(stats, not_trained(results))}\n\nOverall P@1 seed by seed:\n\n"
+                f"{per_seed_markdown(results)}\n\nJudges against the ground truth:\n\n"
+                f"{judges_markdown(results['judges'])}\n")
     paths = {"results": out_dir / "results.json", "table": out_dir / "table.md", "plot": out_dir / "method_effect.png",
              "html": out_dir / "report.html"}
     paths["results"].write_text(json.dumps(results | {"statistics": stats}, indent=1, default=str) + "\n")

@@ -11,6 +11,25 @@ def is_false_negative(scores: Sequence[float], positive_score: float, beta: floa
     return [bool(s > threshold) for s in scores]
 
 
+def score_lookup(scores) -> dict[tuple[str, str], float]:
+    """``(query id, candidate id) -> score`` of a judge stage's scores table."""
+    return dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
+                    scores["score"].to_pylist()))
+
+
+def pool_filter_flags(pools, score_of: dict[tuple[str, str], float], beta: float = 0.01
+                      ) -> tuple[list[bool], list[float]]:
+    """Every pool candidate of a retrieve stage's ``pools`` table, in pool order: whether the
+    false-negative filter drops it, and its judge score."""
+    dropped, scores = [], []
+    for query, positive, pool in zip(pools["query_id"].to_pylist(), pools["pos_id"].to_pylist(),
+                                     pools["pool_ids"].to_pylist()):
+        cand_scores = [score_of[(query, c)] for c in pool]
+        dropped += is_false_negative(cand_scores, score_of[(query, positive)], beta)
+        scores += cand_scores
+    return dropped, scores
+
+
 def select_hard_negatives(candidate_ids: Sequence, scores: Sequence[float], positive_score: float,
                           num_negatives: int = 10, beta: float = 0.01) -> tuple[list, list[float]]:
     """Choose a query's hard negatives from its judged pool.

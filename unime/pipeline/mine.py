@@ -19,7 +19,7 @@ from unime.config import PipelineConfig
 from unime.data import schemas
 from unime.data.mined import write_mined
 from unime.data.storage import join, write_bytes
-from unime.mining import is_false_negative, select_hard_negatives
+from unime.mining import is_false_negative, score_lookup, select_hard_negatives
 from unime.pipeline import ingest, judge, manifest, retrieve
 from unime.pipeline.common import read_parquet_dir, write_parquet
 
@@ -35,8 +35,7 @@ SKIPPED = pa.schema([("source", pa.string()), ("row_index", pa.int64()), ("datas
 def mine_pairs(pairs: pa.Table, pools: pa.Table, scores: pa.Table, num_negatives: int, beta: float
                ) -> tuple[list[dict], list[dict], dict]:
     """Pure: (records with ids, skipped rows, statistics) for pairs joined with pools and scores."""
-    score_of = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
-                        scores["score"].to_pylist()))
+    score_of = score_lookup(scores)
     rows = pairs.to_pylist()
     item = {row["query_id"]: (row["query_text"], row["query_image"]) for row in rows}
     item.update({row["pos_id"]: (row["pos_text"], row["pos_image"]) for row in rows})

@@ -110,7 +110,7 @@ def filter_truth(config: PipelineConfig) -> dict | None:
     import numpy as np
 
     from unime.demo_truth import DemoTruth, filter_quality, pool_truth
-    from unime.mining import is_false_negative
+    from unime.mining import pool_filter_flags, score_lookup
     from unime.pipeline import embed, ingest, judge, retrieve
 
     run_dir, options = config.run_dir, config.data.storage_options
@@ -120,14 +120,8 @@ def filter_truth(config: PipelineConfig) -> dict | None:
     items = embed.unique_items(read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options))
     truly = np.array([v for row in pool_truth(pools, items, DemoTruth.load(config.data.image_root, options))
                       for v in row], dtype=bool)
-    scores = judge.read_scores(run_dir, options)
-    score = dict(zip(zip(scores["query_id"].to_pylist(), scores["candidate_id"].to_pylist()),
-                     scores["score"].to_pylist()))
-    filtered = np.array([drop for query, positive, pool in zip(pools["query_id"].to_pylist(),
-                                                               pools["pos_id"].to_pylist(), pools["pool_ids"].to_pylist())
-                         for drop in is_false_negative([score[(query, c)] for c in pool], score[(query, positive)],
-                                                       config.mining.beta)], dtype=bool)
-    return filter_quality(filtered, truly)
+    filtered, _ = pool_filter_flags(pools, score_lookup(judge.read_scores(run_dir, options)), config.mining.beta)
+    return filter_quality(np.array(filtered), truly)
 
 
 def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
