@@ -3,7 +3,8 @@
     python bench/method_effect.py                       # configs/method_effect.yaml, ~30 min here
     python bench/method_effect.py seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
 
-Trains a judge MLLM on the training split, mines the training pairs with it (and with the
+Pre-trains a chat model on the training split's captions and trains it into a judge MLLM
+(yes/no on the training split), mines the training pairs with it (and with the
 label judge, the upper bound), fine-tunes every arm from each seed's base embedder, and
 evaluates P@1 on every eval subset (in-distribution and held-out compositions). Writes
 under ``out_dir``: ``results.json``, ``table.md``, ``method_effect.png`` and ``report.html``,
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -103,17 +106,30 @@ def cached_table(path: Path, key: str, compute):
     return table
 
 
-def train_judge(exp: Experiment) -> tuple[Path, list[float]]:
-    """The judge MLLM trained on the training split (yes/no, the reranker's pairwise recipe)."""
-    config, folder = exp.config, exp.out / "models" / "judge_trained"
-    key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.judge))
+def pretrain_chat_model(exp: Experiment) -> tuple[Path, str, list[float]]:
+    """The judge's and reranker's common start: caption pre-training on the training split."""
+    config, folder = exp.config, exp.out / "models" / "chat_pretrained"
+    key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.chat_model))
 
     def compute():
-        _, losses = exp.clock.time("train judge", me.train_chat_model, exp.paths["judge"],
-                                   me.judge_examples(exp.pairs, seed=0), config.judge.steps,
-                                   config.judge.chats_per_step, config.judge.lr, exp.paths["corpus"], folder)
+        _, losses = exp.clock.time("caption pre-training", me.train_chat_model, exp.paths["chat"],
+                                   me.caption_examples(exp.pairs), config.chat_model, exp.paths["corpus"], folder)
         return {"losses": losses}
-    return folder, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
+    return folder, key, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
+
+
+def train_judge(exp: Experiment, chat: Path, chat_key: str) -> tuple[Path, str, list[float]]:
+    """The judge MLLM trained on the training split (yes/no, the reranker's pairwise recipe),
+    fresh negatives for every pass over the pairs."""
+    config, folder = exp.config, exp.out / "models" / "judge_trained"
+    key = me.fingerprint(chat_key, asdict(config.judge))
+    rounds = -(-config.judge.steps * config.judge.chats_per_step // (2 * exp.pairs.num_rows))
+
+    def compute():
+        _, losses = exp.clock.time("train judge", me.train_chat_model, chat, me.judge_examples(exp.pairs, 0, rounds),
+                                   config.judge, exp.paths["corpus"], folder)
+        return {"losses": losses}
+    return folder, key, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
 
 
 def held_out_agreement(exp: Experiment, judges: dict) -> dict[str, dict]:
@@ -122,7 +138,11 @@ def held_out_agreement(exp: Experiment, judges: dict) -> dict[str, dict]:
     scores = {"trained": exp.clock.time("judge held-out pairs", me.score_pairs, judges["trained"], pairs, exp.images,
                                         exp.config.judge.score_batch),
               "label": judges["label"].score(pairs)}
-    return {name: {"held_out_auc": me.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs)}
+    per_table = [len(me.eval_pairs({name: table}, exp.config.judge.auc_candidates)) for name, table in exp.tables.items()]
+    novel = np.repeat([name.endswith("Novel") for name in exp.tables], per_table)
+    ood_pairs = [pair for pair, is_novel in zip(pairs, novel) if is_novel]
+    return {name: {"held_out_auc": me.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs),
+                   "held_out_auc_ood": me.judge_auc(value[novel], ood_pairs, exp.truth) if ood_pairs else None}
             for name, value in scores.items()}
 
 
@@ -170,15 +190,15 @@ def judge_and_mine(exp: Experiment, name: str, judge, pools, key: str) -> tuple[
                      "records": len(records), "skipped": stats["skipped"], "pool_pairs": stats["pool_pairs"]}
 
 
-def train_reranker(exp: Experiment, records: list[dict], key: str) -> tuple[Path, list[float]]:
+def train_reranker(exp: Experiment, chat: Path, records: list[dict], key: str) -> tuple[Path, list[float]]:
+    """The reranker, from the same pre-trained chat model as the judge, on mined records."""
     from unime.train.reranker import reranker_examples
 
     config, folder = exp.config, exp.out / "models" / "reranker_trained"
 
     def compute():
         examples = reranker_examples(me.pa.Table.from_pylist(records), seed=0).to_pylist()
-        _, losses = exp.clock.time("train reranker", me.train_chat_model, exp.paths["reranker"], examples,
-                                   config.reranker.steps, config.reranker.chats_per_step, config.reranker.lr,
+        _, losses = exp.clock.time("train reranker", me.train_chat_model, chat, examples, config.reranker,
                                    exp.paths["corpus"], folder)
         return {"losses": losses}
     return folder, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
@@ -209,7 +229,8 @@ def run(config: me.MethodEffectConfig) -> dict:
     exp = setup(config)
     results: dict = {"config": asdict(config), "train_pairs": exp.pairs.num_rows, "arms": {},
                      "eval_rows": {name: table.num_rows for name, table in exp.tables.items()}}
-    judge_dir, results["judge_losses"] = train_judge(exp)
+    chat, chat_key, results["caption_losses"] = pretrain_chat_model(exp)
+    judge_dir, judge_key, results["judge_losses"] = train_judge(exp, chat, chat_key)
     judges = {"trained": HFJudge(str(judge_dir), dtype="float32", device="cpu"),
               "label": LabelJudge(str(exp.paths["corpus"]))}
     results["judges"] = held_out_agreement(exp, judges)
@@ -220,7 +241,7 @@ def run(config: me.MethodEffectConfig) -> dict:
     bases = {seed: train_base(exp, seed) for seed in config.seeds}
     retrieval_key = me.fingerprint(bases[config.seeds[0]][1], config.mining.pool_size)
     pools = retrieval(exp, bases[config.seeds[0]][0], retrieval_key)
-    judge_keys = {"trained": me.fingerprint(retrieval_key, asdict(config.judge)), "label": retrieval_key}
+    judge_keys = {"trained": me.fingerprint(retrieval_key, judge_key), "label": retrieval_key}
     mined = {}
     for name, judge in judges.items():
         mined[name], statistics = judge_and_mine(exp, name, judge, pools, judge_keys[name])
@@ -230,12 +251,13 @@ def run(config: me.MethodEffectConfig) -> dict:
     source = config.reranker.judge
     if "unime_rerank" in config.arms and mined[source]:
         reranker, results["reranker_losses"] = train_reranker(
-            exp, mined[source], me.fingerprint(judge_keys[source], asdict(config.reranker)))
+            exp, chat, mined[source], me.fingerprint(judge_keys[source], chat_key, asdict(config.reranker)))
 
     retrieved = me.retrieval_negatives(pools, exp.item_of, config.embedder.train.num_hard_negatives)
     arm_data = {"infonce": (me.plain_records(exp.pairs), None),
                 "infonce_hard": (me.plain_records(exp.pairs, retrieved), retrieval_key),
-                "unime": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
+                "unime": (mined["trained"], judge_keys["trained"]),
+                "unime_inbatch": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
                 "unime_label_inbatch": (mined["label"], retrieval_key)}
     for arm, (records, data_key) in arm_data.items():
         if arm not in config.arms:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unime.losses import IGNORE_INDEX, answer_cross_entropy, info_nce, soft_kl_alignment
+from unime.losses import IGNORE_INDEX, answer_cross_entropy, choice_cross_entropy, info_nce, soft_kl_alignment
 
 
 def softmax(x):
@@ -103,3 +103,21 @@ def test_answer_cross_entropy_ignores_prompt_tokens():
     assert answer_cross_entropy(changed, labels).item() == pytest.approx(want.item(), rel=1e-6)
     with pytest.raises(ValueError, match="every label is masked"):
         answer_cross_entropy(logits, torch.full((1, 4), IGNORE_INDEX))
+
+
+def test_choice_cross_entropy_is_the_two_way_softmax_at_the_first_answer_token():
+    vocab, yes, no = 6, 4, 2
+    logits = torch.randn(2, 5, vocab)
+    # row 0 answers "yes" at position 3 (then an end token), row 1 answers "no" at position 4
+    labels = torch.tensor([[IGNORE_INDEX] * 3 + [yes, 5], [IGNORE_INDEX] * 4 + [no]])
+    want = -(torch.log_softmax(logits[0, 2, [yes, no]], -1)[0] + torch.log_softmax(logits[1, 3, [yes, no]], -1)[1]) / 2
+    assert choice_cross_entropy(logits, labels, [yes, no]).item() == pytest.approx(want.item(), rel=1e-6)
+    # the rest of the vocabulary, and the tokens after the answer, change nothing
+    changed = logits.clone()
+    changed[:, :, [0, 1, 3, 5]] += 10
+    changed[0, 3] += 5
+    assert choice_cross_entropy(changed, labels, [yes, no]).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"rows \[1\]: first answer token \[2\] is not one of the choices \[4, 3\]"):
+        choice_cross_entropy(logits, labels, [yes, 3])
+    with pytest.raises(ValueError, match=r"rows \[0\] have no answer token"):
+        choice_cross_entropy(logits, torch.full((1, 5), IGNORE_INDEX), [yes, no])

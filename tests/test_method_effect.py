@@ -74,13 +74,14 @@ def test_config_yaml_and_its_checks():
 def test_arms_differ_only_in_loss_and_negatives():
     recipe = me.EmbedderRecipe()
     configs = {arm: me.arm_train_config(arm, recipe, seed=4)
-               for arm in ("infonce", "infonce_hard", "unime", "unime_label", "unime_label_inbatch")}
+               for arm in me.ARMS if arm != "unime_rerank"}
     assert (configs["infonce"].num_hard_negatives, configs["infonce_hard"].num_hard_negatives) == (0, 8)
     assert configs["infonce"].infonce_weight == 1 and configs["infonce"].soft_label_weight == 0
     assert configs["infonce"].in_batch_negatives and configs["infonce_hard"].in_batch_negatives
     assert configs["unime"].soft_label_weight == 1 and configs["unime"].infonce_weight == 0
     assert not configs["unime"].in_batch_negatives and configs["unime_label"] == configs["unime"]
-    both = configs["unime_label_inbatch"]
+    assert configs["unime_label_inbatch"] == configs["unime_inbatch"]
+    both = configs["unime_inbatch"]
     assert both.soft_label_weight == 1 and both.infonce_weight == 1 and both.in_batch_negatives
     shared = ("lr", "max_steps", "queries_per_worker", "temperature", "seed", "warmup_steps", "full_finetune")
     assert len({tuple(getattr(c, k) for k in shared) for c in configs.values()}) == 1
@@ -129,6 +130,39 @@ def test_judge_examples_use_only_training_pairs_of_the_same_dataset():
         assert dataset_of[example["cand_texts"][0]] == query_dataset[example["query_text"]]
 
 
+def test_judge_examples_draw_fresh_negatives_each_round():
+    pairs = _pairs([(q, p, "A") for q, p in zip("abcdefgh", "stuvwxyz")])
+    examples = me.judge_examples(pairs, seed=0, rounds=3)
+    assert len(examples) == 3 * 2 * 8
+    negatives = {}
+    for example in examples:
+        if example["answer"] == NO:
+            negatives.setdefault(example["query_text"], []).append(example["cand_texts"][0])
+    assert all(len(drawn) == 3 for drawn in negatives.values())
+    assert any(len(set(drawn)) > 1 for drawn in negatives.values())
+
+
+def test_batches_keep_groups_together_and_cover_every_row_each_epoch():
+    rows = [{"query": q, "answer": a} for q in range(6) for a in (YES, NO)]
+    batches = list(me._batches(rows, size=4, steps=6, seed=0, group=2))
+    for batch in batches:
+        assert batch["answer"] == [YES, NO, YES, NO] and batch["query"][0::2] == batch["query"][1::2]
+    first_epoch = [q for batch in batches[:3] for q in batch["query"][0::2]]
+    assert sorted(first_epoch) == list(range(6))
+    with pytest.raises(ValueError, match="do not split into groups of 2"):
+        next(me._batches(rows[:3], size=4, steps=1, seed=0, group=2))
+
+
+def test_caption_examples_answer_image_queries_with_their_text_positive():
+    pairs = pa.Table.from_pylist([
+        {"query_text": "<|image_1|>\nWhat colour?", "query_image": "i.png", "pos_text": "red", "pos_image": ""},
+        {"query_text": "Find an image: red", "query_image": "", "pos_text": "<|image_1|>", "pos_image": "j.png"},
+        {"query_text": "<|image_1|>\nSelect", "query_image": "k.png", "pos_text": "crop", "pos_image": "k0.png"}])
+    examples = me.caption_examples(pairs)
+    assert examples == [{"kind": "generate", "query_text": "<|image_1|>\nWhat colour?", "query_image": "i.png",
+                         "cand_texts": [], "cand_images": [], "answer": "red"}]
+
+
 def test_retrieval_negatives_cycle_and_empty_pools_are_left_out():
     pairs = _pairs([("a", "x", "A"), ("b", "y", "A")])
     pools = pa.table({"query_id": ["q0", "q1"], "pos_id": ["p:x", "p:y"], "pool_ids": [["p:y", "p:z"], []]})
@@ -160,7 +194,8 @@ def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
     bench.main([f"out_dir={out}", "seeds=[0]", "corpus.train_images=60", "corpus.grounding_images=20",
                 "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.base_steps=4", "embedder.train.max_steps=4",
                 "embedder.train.queries_per_worker=8",
-                "judge.steps=3", "judge.chats_per_step=8", "reranker.steps=3", "reranker.chats_per_step=6",
+                "chat_model.steps=3", "chat_model.chats_per_step=8", "judge.steps=3", "judge.chats_per_step=8",
+                "reranker.judge=label", "reranker.steps=3", "reranker.chats_per_step=6",
                 "mining.pool_size=10"])
     results = json.loads((out / "results.json").read_text())
     subsets = set(results["eval_rows"])
@@ -189,3 +224,36 @@ def test_reranker_trainer_vision_tower_frozen_only_when_asked(tiny_dir, freeze_v
     visual = [p.requires_grad for p in trainer.model.model.visual.parameters()]
     language = [p.requires_grad for p in trainer.model.model.language_model.parameters()]
     assert all(language) and all(visual) is not freeze_vision and any(visual) is not freeze_vision
+
+
+def test_yes_no_answer_loss_trains_the_judges_p_yes(tiny_dir):
+    """The trainer's "yes_no" loss is -log of the P(Yes) (or P(No)) the judge reads from the
+    same chat; listwise rows are refused."""
+    from unime.config import RerankerTrainConfig
+    from unime.judge import HFJudge
+    from unime.train.reranker import RerankerTrainer, chat_of
+
+    train = RerankerTrainConfig(full_finetune=True, effective_batch_size=2, micro_batch_size=2, use_gpu=False,
+                                answer_loss="yes_no", max_grad_norm=1.0)
+    trainer = RerankerTrainer(str(tiny_dir / "judge"), train, max_steps=2, device="cpu")
+    rows = [{"kind": "pairwise", "query_text": "two red circles", "query_image": "", "cand_texts": [text],
+             "cand_images": [""], "answer": answer} for text, answer in (("red", YES), ("a blue square", NO))]
+    judge = HFJudge(str(tiny_dir / "judge"), device="cpu")
+    p_yes = judge.score([chat_of(row, trainer.images) for row in rows])
+    with torch.no_grad():
+        loss = trainer.micro_loss(rows)
+    assert loss.item() == pytest.approx(-(np.log(p_yes[0]) + np.log(1 - p_yes[1])) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="pairwise chats only; got a 'listwise' row"):
+        trainer.micro_loss(rows[:1] + [rows[1] | {"kind": "listwise", "answer": "Ans: (1)"}])
+    assert np.isfinite(trainer.step({key: [row[key] for row in rows] for key in rows[0]}))
+
+
+def test_checkpoint_init_std(tmp_path):
+    from unime import tiny
+    from unime.models import load_model
+
+    size = tiny.SIZES["tiny"]
+    tiny.build_checkpoint(tmp_path / "wide", "qwen2_5_vl", size, tiny.train_tokenizer(size.vocab_size), 0, init_std=0.08)
+    weights = dict(load_model(str(tmp_path / "wide"), device="cpu").named_parameters())
+    for name in ("model.language_model.layers.0.self_attn.q_proj.weight", "model.visual.blocks.0.attn.qkv.weight"):
+        assert weights[name].std().item() == pytest.approx(0.08, rel=0.1), name

@@ -303,6 +303,14 @@ class RerankerTrainConfig(TrainPlacement):
     # it trained too (the method experiment's judge and reranker).
     freeze_vision: bool = True
     listwise_candidates: int = 5
+    # "next_token": cross-entropy of the answer tokens over the whole vocabulary (the paper's
+    # SFT). "yes_no": cross-entropy of P(Yes) against P(No), the two logits the judge reads
+    # (pairwise chats only). A model trained from random init under "next_token" spends its
+    # first steps raising "Yes"/"No" above the vocabulary through the prompt's constant part,
+    # which drowns the image and candidate in the last hidden state (README, method experiment).
+    answer_loss: Literal["next_token", "yes_no"] = "next_token"
+    # gradient-norm clipping before each optimiser step (None: off)
+    max_grad_norm: float | None = None
     checkpoint_every: int = 100
     seed: int = 0
 

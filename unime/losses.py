@@ -88,3 +88,36 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if not (shifted_labels != IGNORE_INDEX).any():
         raise ValueError("no answer tokens to train on: every label is masked")
     return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)
+
+
+def choice_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, choice_ids: list[int]) -> torch.Tensor:
+    """Cross-entropy over a closed set of one-token answers (the judge's "Yes" against "No").
+
+    For row ``i`` whose answer starts at position ``k_i`` (its first unmasked label)::
+
+        loss = mean_i -log softmax_{c in choices}(z_i)[answer_i]    z_i = logits[i, k_i - 1, choices]
+
+    The judge's score is exactly ``softmax(z)[Yes]``, so this trains the quantity it reads,
+    without the rest of the vocabulary.
+
+    Args:
+        logits: ``[B, L, V]`` model outputs.
+        labels: ``[B, L]`` targets with prompt tokens masked (as for :func:`answer_cross_entropy`).
+        choice_ids: token ids of the allowed answers; every row's first answer token must be one.
+
+    Returns:
+        Mean cross-entropy over the ``B`` rows.
+    """
+    answered = labels != IGNORE_INDEX
+    if not answered.any(dim=1).all():
+        raise ValueError(f"rows {(~answered.any(dim=1)).nonzero().flatten().tolist()} have no answer token")
+    first = answered.int().argmax(dim=1)
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    answers = labels[rows, first]
+    choices = torch.tensor(choice_ids, device=labels.device)
+    matches = answers[:, None] == choices[None]
+    if not matches.any(dim=1).all():
+        bad = (~matches.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"rows {bad}: first answer token {answers[bad].tolist()} is not one of the choices {choice_ids}")
+    choice_logits = _full_precision(logits[rows, first - 1][:, choices])
+    return F.cross_entropy(choice_logits, matches.int().argmax(dim=1))

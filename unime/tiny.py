@@ -207,11 +207,16 @@ def save_processor_configs(out: Path, size: ModelSize, processor_class: str) -> 
         (out / name).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def build_checkpoint(out: Path, architecture: str, size: ModelSize, tokenizer, seed: int) -> None:
+def build_checkpoint(out: Path, architecture: str, size: ModelSize, tokenizer, seed: int,
+                     init_std: float | None = None) -> None:
+    """One random-init checkpoint; ``init_std`` overrides the weights' initialisation std
+    (Qwen's default 0.02 is sized for widths in the thousands)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     config = qwen2_vl_config(size, tokenizer) if architecture == "qwen2_vl" else qwen2_5_vl_config(size, tokenizer)
+    if init_std is not None:
+        config.text_config.initializer_range = config.vision_config.initializer_range = init_std
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

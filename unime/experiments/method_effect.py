@@ -4,10 +4,11 @@ ground truth of every pair is known.
 Components, each usable alone; ``bench/method_effect.py`` is the recipe that runs them:
 
 - :func:`prepare` builds the corpus (held-out compositions for out-of-distribution subsets)
-  and random-init checkpoints (one embedder init per seed; judge and reranker);
-- :func:`train_judge` trains a judge MLLM on the training split only (the reranker's
-  pairwise recipe: "Yes" for a positive, "No" for a random negative of the same dataset);
-  it is then frozen and scores pools exactly as an off-the-shelf judge would;
+  and random-init checkpoints (one embedder init per seed; one chat model);
+- :func:`caption_examples` pre-train the chat model on the training split (the stand-in for
+  a pretrained MLLM); :func:`judge_examples` then train it into the judge (the reranker's
+  pairwise recipe: "Yes" for a positive, "No" for a random negative of the same dataset),
+  which is frozen and scores pools exactly as an off-the-shelf judge would;
 - :func:`train_embedder` trains one arm for a fixed number of steps;
 - :func:`mine` runs the pipeline's own pieces in process: global retrieval
   (:func:`unime.mining.retrieve_pool`), judge scores, the false-negative filter and
@@ -20,10 +21,11 @@ The arms share data, model size, steps and seeds:
 - ``infonce_hard``: InfoNCE with in-batch negatives plus the top retrieved pool candidates
   as hard negatives, no judge (so no false-negative filter);
 - ``unime``: judge-filtered hard negatives and the soft-label symmetric KL (UniME-V2);
-- ``unime_label``: as ``unime`` with the label judge (ground truth): the upper bound;
-- ``unime_label_inbatch``: ``unime_label`` plus ``infonce_hard``'s InfoNCE with in-batch
-  negatives (METHOD.md: not in the released trainer, a reasonable option): separates what
-  the judge adds from what in-batch negatives add;
+- ``unime_inbatch``: ``unime`` plus ``infonce_hard``'s InfoNCE with in-batch negatives
+  (METHOD.md: not in the released trainer, a reasonable option): separates what the judge
+  adds from what in-batch negatives add;
+- ``unime_label`` and ``unime_label_inbatch``: the same two with the label judge (ground
+  truth): the upper bound;
 - ``unime_rerank``: the ``unime`` (or ``unime_label``, see :class:`RerankerRecipe`) embedder,
   its top-k reordered by the reranker trained on that arm's mined records.
 
@@ -48,8 +50,10 @@ from unime.config import EmbedderTrainConfig, MiningConfig, RerankerTrainConfig
 from unime.demo_data import DemoCorpusConfig
 from unime.prompts import NO, YES
 
-ArmName = Literal["infonce", "infonce_hard", "unime", "unime_rerank", "unime_label", "unime_label_inbatch"]
-ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_rerank", "unime_label", "unime_label_inbatch")
+ArmName = Literal["infonce", "infonce_hard", "unime", "unime_inbatch", "unime_rerank", "unime_label",
+                  "unime_label_inbatch"]
+ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_inbatch", "unime_rerank", "unime_label",
+                         "unime_label_inbatch")
 
 
 def _arm_training() -> EmbedderTrainConfig:
@@ -69,26 +73,49 @@ class EmbedderRecipe:
 
 
 @dataclass
-class JudgeRecipe:
-    """The judge MLLM trained here: yes/no chats per step, steps, lr; held-out AUC sample."""
+class ChatRecipe:
+    """Training of a chat model (judge or reranker): steps, chats per step, optimiser, loss."""
 
-    steps: int = 300
+    steps: int = 1500
     chats_per_step: int = 32
     lr: float = 3e-4
+    max_grad_norm: float | None = 1.0
+    # see RerankerTrainConfig.answer_loss: from random init only "yes_no" learns the judgement
+    answer_loss: Literal["next_token", "yes_no"] = "yes_no"
+
+
+@dataclass
+class PretrainRecipe:
+    """The stand-in for a pretrained MLLM: random init at ``init_std`` (Qwen's 0.02 is sized for
+    widths in the thousands; at width 128 the chat model never learns to read its image), then
+    ``steps`` of caption pre-training on the training split (each image query answered by its
+    positive text: captions, colours, shapes, VQA answers). Judge and reranker start from it,
+    as the paper's judge and reranker both start from Qwen2.5-VL."""
+
+    init_std: float = 0.08
+    steps: int = 1500
+    chats_per_step: int = 32
+    lr: float = 3e-4
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class JudgeRecipe(ChatRecipe):
+    """The judge MLLM trained here (yes/no on positives and random negatives, fresh negatives
+    each pass over the pairs); held-out AUC sample and scoring batch."""
+
     score_batch: int = 64
     auc_candidates: int = 5  # per held-out eval row: the positive and the next four
 
 
 @dataclass
-class RerankerRecipe:
+class RerankerRecipe(ChatRecipe):
     """The reranker trained on judge-mined records (METHOD.md section 6). ``judge``: whose
     records train it; it reorders the matching arm's embedder (``unime`` for the trained
-    judge, ``unime_label`` for the label judge)."""
+    judge, ``unime_label`` for the label judge). With ``answer_loss: yes_no`` it trains on the
+    records' pairwise chats only."""
 
     judge: Literal["trained", "label"] = "trained"
-    steps: int = 300
-    chats_per_step: int = 24
-    lr: float = 3e-4
     rerank_k: int = 10
     modes: list[Literal["pairwise", "listwise", "listwise-greedy"]] = field(default_factory=lambda: ["pairwise"])
 
@@ -108,6 +135,7 @@ class MethodEffectConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[ArmName] = field(default_factory=lambda: list(ARMS))
     embedder: EmbedderRecipe = field(default_factory=EmbedderRecipe)
+    chat_model: PretrainRecipe = field(default_factory=PretrainRecipe)
     judge: JudgeRecipe = field(default_factory=JudgeRecipe)
     reranker: RerankerRecipe = field(default_factory=RerankerRecipe)
     mining: MiningConfig = field(default_factory=lambda: MiningConfig(pool_size=20, num_negatives=10))
@@ -151,8 +179,8 @@ def cached_json(path: Path, key: str, compute: Callable[[], dict]) -> dict:
 
 
 def prepare(config: MethodEffectConfig) -> dict[str, Path]:
-    """The corpus and the random-init checkpoints under ``out_dir``: ``corpus``, ``judge``,
-    ``reranker`` and ``embedder_seed<N>`` (one embedder initialisation per seed)."""
+    """The corpus and the random-init checkpoints under ``out_dir``: ``corpus``, ``chat`` (the
+    judge's and reranker's initialisation) and ``embedder_seed<N>`` (one per seed)."""
     from unime import demo_data, tiny
 
     out = Path(config.out_dir)
@@ -162,16 +190,17 @@ def prepare(config: MethodEffectConfig) -> dict[str, Path]:
         demo_data.build(corpus, config.corpus)
     size = tiny.SIZES[config.model_size]
     paths = {"corpus": corpus}
-    wanted = {"judge": ("qwen2_5_vl", 101), "reranker": ("qwen2_5_vl", 102)}
-    wanted |= {f"embedder_seed{seed}": ("qwen2_vl", seed) for seed in config.seeds}
+    wanted = {"chat": ("qwen2_5_vl", 101, config.chat_model.init_std)}
+    wanted |= {f"embedder_seed{seed}": ("qwen2_vl", seed, None) for seed in config.seeds}
     tokenizer = None
-    for name, (architecture, seed) in wanted.items():
+    for name, (architecture, seed, init_std) in wanted.items():
         folder = out / "checkpoints" / name
         stamp = folder / "unime_init.json"
         spec = {"architecture": architecture, "seed": seed, "size": asdict(size)}
+        spec |= {} if init_std is None else {"init_std": init_std}
         if not stamp.exists() or json.loads(stamp.read_text()) != spec:
             tokenizer = tokenizer or tiny.train_tokenizer(size.vocab_size)
-            tiny.build_checkpoint(folder, architecture, size, tokenizer, seed)
+            tiny.build_checkpoint(folder, architecture, size, tokenizer, seed, init_std=init_std)
             stamp.write_text(json.dumps(spec))
         paths[name] = folder
     return paths
@@ -213,7 +242,7 @@ def arm_train_config(arm: str, recipe: EmbedderRecipe, seed: int, steps: int | N
     """The shared ``recipe.train`` with the arm's loss and negatives (``steps`` overrides
     ``max_steps``, for the base)."""
     soft_labels = arm.startswith("unime")
-    in_batch = arm in ("infonce", "infonce_hard", "unime_label_inbatch")
+    in_batch = arm in ("infonce", "infonce_hard", "unime_inbatch", "unime_label_inbatch")
     return replace(recipe.train, num_hard_negatives=0 if arm == "infonce" else recipe.train.num_hard_negatives,
                    soft_label_weight=1.0 if soft_labels else 0.0, infonce_weight=1.0 if in_batch else 0.0,
                    in_batch_negatives=in_batch, max_steps=steps or recipe.train.max_steps, seed=seed)
@@ -248,16 +277,20 @@ def train_embedder(checkpoint: Path, records: list[dict], train: EmbedderTrainCo
     return trainer
 
 
-def _batches(rows: list[dict], size: int, steps: int, seed: int):
-    """``steps`` column batches of ``size`` rows (all rows when fewer), each epoch a fresh shuffle."""
-    rng, size = random.Random(seed), min(size, len(rows))
+def _batches(rows: list[dict], size: int, steps: int, seed: int, group: int = 1):
+    """``steps`` column batches of ``size`` rows (all rows when fewer), each epoch a fresh
+    shuffle of the rows in runs of ``group`` consecutive rows, which stay in one batch."""
+    if len(rows) % group or size % group:
+        raise ValueError(f"{len(rows)} rows in batches of {size} do not split into groups of {group}")
+    rng, units = random.Random(seed), min(size, len(rows)) // group
     order: list[int] = []
     for _ in range(steps):
-        if len(order) < size:
-            order = list(range(len(rows)))
+        if len(order) < units:
+            order = list(range(len(rows) // group))
             rng.shuffle(order)
-        chunk, order = order[:size], order[size:]
-        yield {key: [rows[k][key] for k in chunk] for key in rows[0]}
+        chunk, order = order[:units], order[units:]
+        picked = [k * group + offset for k in chunk for offset in range(group)]
+        yield {key: [rows[k][key] for k in picked] for key in rows[0]}
 
 
 # ---------------------------------------------------------------- mining
@@ -352,37 +385,57 @@ def filter_statistics(pools: pa.Table, scores: pa.Table, items: pa.Table, truth,
 # ---------------------------------------------------------------- judge and reranker training
 
 
-def judge_examples(pairs: pa.Table, seed: int) -> list[dict]:
-    """The judge's training chats from the training split only: each pair's positive -> "Yes"
-    and a random positive of another pair of the same dataset (different content) -> "No"."""
+def caption_examples(pairs: pa.Table) -> list[dict]:
+    """Caption pre-training chats from the training split: every pair with an image query and a
+    text positive, the query item as the user turn and the positive text as the answer."""
+    return [{"kind": "generate", "query_text": row["query_text"], "query_image": row["query_image"],
+             "cand_texts": [], "cand_images": [], "answer": row["pos_text"]}
+            for row in pairs.to_pylist() if row["query_image"] and row["pos_text"] and not row["pos_image"]]
+
+
+def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1) -> list[dict]:
+    """The judge's training chats from the training split only, ``rounds`` passes over the
+    pairs: each pair's positive -> "Yes" followed by, drawn afresh each pass, a random
+    positive of another pair of the same dataset (different content) -> "No"."""
     rng = random.Random(seed)
     by_dataset: dict[str, list[dict]] = {}
     for row in pairs.to_pylist():
         by_dataset.setdefault(row["dataset"], []).append(row)
     examples = []
-    for rows in by_dataset.values():
-        for row in rows:
-            others = [o for o in rng.sample(rows, min(8, len(rows))) if o["pos_id"] != row["pos_id"]]
-            base = {"kind": "pairwise", "query_text": row["query_text"], "query_image": row["query_image"]}
-            examples.append(base | {"cand_texts": [row["pos_text"]], "cand_images": [row["pos_image"]], "answer": YES})
-            if others:
-                examples.append(base | {"cand_texts": [others[0]["pos_text"]], "cand_images": [others[0]["pos_image"]],
-                                        "answer": NO})
+    for _ in range(rounds):
+        for rows in by_dataset.values():
+            for row in rows:
+                others = [o for o in rng.sample(rows, min(8, len(rows))) if o["pos_id"] != row["pos_id"]]
+                if not others:
+                    continue
+                base = {"kind": "pairwise", "query_text": row["query_text"], "query_image": row["query_image"]}
+                examples.append(base | {"cand_texts": [row["pos_text"]], "cand_images": [row["pos_image"]],
+                                        "answer": YES})
+                examples.append(base | {"cand_texts": [others[0]["pos_text"]],
+                                        "cand_images": [others[0]["pos_image"]], "answer": NO})
     return examples
 
 
-def train_chat_model(checkpoint: Path, examples: list[dict], steps: int, chats_per_step: int, lr: float,
+def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe | PretrainRecipe,
                      image_root: Path, out_dir: Path, seed: int = 0) -> tuple[Path, list[float]]:
-    """Full fine-tuning on answer tokens (the reranker trainer; vision tower included, since
-    the model starts from random init), saved where ``from_pretrained`` loads it; returns the
-    folder and the loss curve."""
+    """Full fine-tuning with the reranker trainer (vision tower included, since the model starts
+    from random init), saved where ``from_pretrained`` loads it; returns the folder and the
+    loss curve. Caption pre-training (a :class:`PretrainRecipe`) is next-token cross-entropy."""
     from unime.train.reranker import RerankerTrainer
 
-    train = RerankerTrainConfig(num_workers=1, use_gpu=False, effective_batch_size=chats_per_step,
-                                micro_batch_size=chats_per_step, lr=lr, full_finetune=True, freeze_vision=False,
+    answer_loss = getattr(recipe, "answer_loss", "next_token")
+    train = RerankerTrainConfig(num_workers=1, use_gpu=False, effective_batch_size=recipe.chats_per_step,
+                                micro_batch_size=recipe.chats_per_step, lr=recipe.lr, full_finetune=True,
+                                freeze_vision=False, answer_loss=answer_loss, max_grad_norm=recipe.max_grad_norm,
                                 seed=seed)
-    trainer = RerankerTrainer(str(checkpoint), train, max_steps=steps, image_root=str(image_root), seed=seed)
-    for batch in _batches(examples, chats_per_step, steps, seed):
+    group = 1
+    if answer_loss == "yes_no":
+        # (positive, negative) chats of one query stay in one batch: the query's own pull on
+        # P(Yes) then cancels within the batch. Shuffled apart, a judge trained from random
+        # init stayed at chance (held-out AUC 0.49 against 0.92, README).
+        examples, group = [row for row in examples if row["kind"] == "pairwise"], 2
+    trainer = RerankerTrainer(str(checkpoint), train, max_steps=recipe.steps, image_root=str(image_root), seed=seed)
+    for batch in _batches(examples, recipe.chats_per_step, recipe.steps, seed, group):
         trainer.step(batch)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out_dir)

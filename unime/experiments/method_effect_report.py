@@ -16,6 +16,7 @@ ARM_LABELS = {
     "infonce": "(i) InfoNCE, in-batch negatives",
     "infonce_hard": "(ii) InfoNCE + retrieved hard negatives, no judge",
     "unime": "(iii) UniME-V2: judge-filtered negatives + soft-label KL",
+    "unime_inbatch": "(iii) + InfoNCE with in-batch negatives",
     "unime_label": "(iii) with the label judge (upper bound)",
     "unime_label_inbatch": "(iii) label judge + InfoNCE with in-batch negatives",
     "unime_rerank": "(iv) (iii)'s embedder + the trained reranker on its top-k",
@@ -90,12 +91,14 @@ def _fmt(value) -> str:
 
 
 def judges_markdown(judges: dict) -> str:
-    lines = ["| judge | AUC, held-out eval pairs | AUC, training pools | FN filter precision | FN filter recall "
+    lines = ["| judge | AUC, held-out eval pairs (OOD subsets only) | AUC, training pools | FN filter precision | FN filter recall "
              "| filtered / true FN in pools | P(Yes) range in pools | records mined |", "|---|---|---|---|---|---|---|---|"]
     names = {"trained": "MLLM judge trained on the training split", "label": "label judge (ground truth)"}
     for name, judge in judges.items():
         f = judge["filter"]
-        lines.append(f"| {names.get(name, name)} | {_fmt(judge['held_out_auc'])} | {_fmt(f['pool_auc'])} "
+        ood = judge.get("held_out_auc_ood")
+        auc = _fmt(judge["held_out_auc"]) + ("" if ood is None else f" ({_fmt(ood)})")
+        lines.append(f"| {names.get(name, name)} | {auc} | {_fmt(f['pool_auc'])} "
                      f"| {_fmt(f['precision'])} | {_fmt(f['recall'])} | {f['filtered']} / {f['false_negatives']} "
                      f"| {_range(f.get('score_range'))} | {judge['records']} ({judge['skipped']} skipped) |")
     return "\n".join(lines)

@@ -16,7 +16,9 @@ import torch
 
 from unime.config import RerankerTrainConfig
 from unime.data.images import ImageLimits
-from unime.losses import answer_cross_entropy
+from unime.judge.hf import yes_no_token_ids
+from unime.judge.prompts import item_parts
+from unime.losses import answer_cross_entropy, choice_cross_entropy
 from unime.models import load_model, load_processor
 from unime.pipeline.common import ImageCache
 from unime.rerank.encoding import encode_with_answers
@@ -39,7 +41,11 @@ def reranker_examples(records: pa.Table, listwise_candidates: int = 5, seed: int
 
 
 def chat_of(row: dict, images: ImageCache) -> list[dict]:
+    """A training row's chat: "pairwise" and "listwise" (the reranker's), or "generate" (the
+    query item alone, answered by the target text: caption pre-training of a chat model)."""
     query = (row["query_text"], images.get(row["query_image"]))
+    if row["kind"] == "generate":
+        return [{"role": "user", "content": item_parts(*query)}]
     candidates = [(text, images.get(image)) for text, image in zip(row["cand_texts"], row["cand_images"])]
     if row["kind"] == "pairwise":
         return build_pairwise_messages(*query, *candidates[0])
@@ -80,10 +86,17 @@ class RerankerTrainer(TrainerBase):
         return next(self.model.parameters()).device
 
     def micro_loss(self, rows: list[dict]) -> torch.Tensor:
+        if self.config.answer_loss == "yes_no":
+            other = next((r["kind"] for r in rows if r["kind"] != "pairwise"), None)
+            if other is not None:
+                raise ValueError(f"answer_loss=yes_no trains pairwise chats only; got a {other!r} row")
         batch = encode_with_answers(self.processor, [chat_of(r, self.images) for r in rows], [r["answer"] for r in rows])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        return answer_cross_entropy(self.module(**batch, use_cache=False).logits, labels)
+        logits = self.module(**batch, use_cache=False).logits
+        if self.config.answer_loss == "yes_no":
+            return choice_cross_entropy(logits, labels, list(yes_no_token_ids(self.processor.tokenizer)))
+        return answer_cross_entropy(logits, labels)
 
     def step(self, batch: dict) -> float:
         """One optimiser step over ``effective_batch / workers`` rows, in micro-batches."""
@@ -96,6 +109,9 @@ class RerankerTrainer(TrainerBase):
             loss = self.micro_loss(rows[start: start + size]) / self.accumulation
             loss.backward()
             total += float(loss.detach())
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
