@@ -1,6 +1,6 @@
 """Does the method work? UniME-V2 against InfoNCE on the demo corpus (issue 9).
 
-    python bench/method_effect.py                       # configs/method_effect.yaml, ~30 min here
+    python bench/method_effect.py                       # configs/method_effect.yaml, ~55 min here
     python bench/method_effect.py seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
 
 Pre-trains a chat model on the training split's captions and trains it into a judge MLLM
