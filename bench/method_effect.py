@@ -134,13 +134,13 @@ def train_judge(exp: Experiment, chat: Path, chat_key: str) -> tuple[Path, str, 
 
 def held_out_agreement(exp: Experiment, judges: dict) -> dict[str, dict]:
     """Each judge's AUC against the ground truth on held-out eval pairs."""
-    pairs = me.eval_pairs(exp.tables, exp.config.judge.auc_candidates)
+    per_table = {name: me.eval_pairs({name: table}, exp.config.judge.auc_candidates) for name, table in exp.tables.items()}
+    pairs = [pair for table_pairs in per_table.values() for pair in table_pairs]
+    novel = np.repeat([name.endswith("Novel") for name in per_table], [len(v) for v in per_table.values()])
+    ood_pairs = [pair for pair, is_novel in zip(pairs, novel) if is_novel]
     scores = {"trained": exp.clock.time("judge held-out pairs", me.score_pairs, judges["trained"], pairs, exp.images,
                                         exp.config.judge.score_batch),
               "label": judges["label"].score(pairs)}
-    per_table = [len(me.eval_pairs({name: table}, exp.config.judge.auc_candidates)) for name, table in exp.tables.items()]
-    novel = np.repeat([name.endswith("Novel") for name in exp.tables], per_table)
-    ood_pairs = [pair for pair, is_novel in zip(pairs, novel) if is_novel]
     return {name: {"held_out_auc": me.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs),
                    "held_out_auc_ood": me.judge_auc(value[novel], ood_pairs, exp.truth) if ood_pairs else None}
             for name, value in scores.items()}

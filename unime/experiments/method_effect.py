@@ -85,18 +85,21 @@ class ChatRecipe:
 
 
 @dataclass
-class PretrainRecipe:
+class PretrainRecipe(ChatRecipe):
     """The stand-in for a pretrained MLLM: random init at ``init_std`` (Qwen's 0.02 is sized for
     widths in the thousands; at width 128 the chat model never learns to read its image), then
     ``steps`` of caption pre-training on the training split (each image query answered by its
-    positive text: captions, colours, shapes, VQA answers). Judge and reranker start from it,
-    as the paper's judge and reranker both start from Qwen2.5-VL."""
+    positive text: captions, colours, shapes, VQA answers; next-token loss). Judge and reranker
+    start from it, as the paper's judge and reranker both start from Qwen2.5-VL."""
 
+    answer_loss: Literal["next_token", "yes_no"] = "next_token"
     init_std: float = 0.08
-    steps: int = 1500
-    chats_per_step: int = 32
-    lr: float = 3e-4
-    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        from unime.config import ConfigError
+
+        if self.answer_loss != "next_token":
+            raise ConfigError("chat_model.answer_loss: captions are generated text; only next_token applies")
 
 
 @dataclass
@@ -416,14 +419,14 @@ def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1) -> list[dict]:
     return examples
 
 
-def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe | PretrainRecipe,
+def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe,
                      image_root: Path, out_dir: Path, seed: int = 0) -> tuple[Path, list[float]]:
     """Full fine-tuning with the reranker trainer (vision tower included, since the model starts
     from random init), saved where ``from_pretrained`` loads it; returns the folder and the
-    loss curve. Caption pre-training (a :class:`PretrainRecipe`) is next-token cross-entropy."""
+    loss curve."""
     from unime.train.reranker import RerankerTrainer
 
-    answer_loss = getattr(recipe, "answer_loss", "next_token")
+    answer_loss = recipe.answer_loss
     train = RerankerTrainConfig(num_workers=1, use_gpu=False, effective_batch_size=recipe.chats_per_step,
                                 micro_batch_size=recipe.chats_per_step, lr=recipe.lr, full_finetune=True,
                                 freeze_vision=False, answer_loss=answer_loss, max_grad_norm=recipe.max_grad_norm,

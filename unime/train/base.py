@@ -44,6 +44,11 @@ class TrainerBase:
         self.losses: list[float] = []
         self.resumed_at: list[int] = []  # steps this run restarted from (after a failure)
 
+    def clip_gradients(self, max_norm: float | None) -> None:
+        """Clip the trainable parameters' gradient norm before an optimiser step (None: off)."""
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
 

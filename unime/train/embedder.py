@@ -116,9 +116,7 @@ class EmbedderTrainer(TrainerBase):
             loss = gradcache_step(self.embed, queries, candidates, self.loss_fn(judge), chunk, no_sync)
         else:
             loss = plain_step(self.embed, queries, candidates, self.loss_fn(judge))
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.config.max_grad_norm)
+        self.clip_gradients(self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1

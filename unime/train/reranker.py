@@ -64,6 +64,7 @@ class RerankerTrainer(TrainerBase):
         self.config = train
         self.model = load_model(model, dtype=dtype, device=device).train()
         self.processor = load_processor(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
                                full_finetune=train.full_finetune)
         if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
@@ -95,7 +96,7 @@ class RerankerTrainer(TrainerBase):
         labels = batch.pop("labels")
         logits = self.module(**batch, use_cache=False).logits
         if self.config.answer_loss == "yes_no":
-            return choice_cross_entropy(logits, labels, list(yes_no_token_ids(self.processor.tokenizer)))
+            return choice_cross_entropy(logits, labels, self.choice_ids)
         return answer_cross_entropy(logits, labels)
 
     def step(self, batch: dict) -> float:
@@ -109,9 +110,7 @@ class RerankerTrainer(TrainerBase):
             loss = self.micro_loss(rows[start: start + size]) / self.accumulation
             loss.backward()
             total += float(loss.detach())
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.config.max_grad_norm)
+        self.clip_gradients(self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
