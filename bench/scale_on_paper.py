@@ -50,11 +50,10 @@ def measure_judge(model: str, corpus: Path, queries: int) -> dict:
     image_pad = judge.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     tokens = image_tokens = images = 0
     for chats in per_query:
-        pictures = [image for chat in chats for image in message_images(chat)]
-        ids = judge.processor(text=judge.prompt_texts(chats), images=pictures or None, padding=True)["input_ids"]
-        tokens += sum(len(row) for row in ids)  # padded: what the forward computes
-        image_tokens += sum(row.count(image_pad) for row in ids)
-        images += len(pictures)
+        ids = judge.encode(chats)["input_ids"]
+        tokens += ids.numel()  # padded: what the forward computes
+        image_tokens += int((ids == image_pad).sum())
+        images += sum(len(message_images(chat)) for chat in chats)
     started = time.perf_counter()
     for chats in per_query:
         judge.score(chats)

@@ -88,3 +88,14 @@ def test_serve_app_builder_binds_the_composed_app():
     app = build({"config": str(Path(__file__).parent.parent / "configs" / "demo.yaml"),
                  "overrides": ["serve.api_key=k"]})
     assert isinstance(app, Application)
+
+
+def test_unime_v2_configs_feed_the_authors_inputs():
+    """The paper's configs use the released models' input recipe; the mining embedder VLM2Vec's."""
+    cluster = load_config(Path(__file__).parent.parent / "configs" / "qwen2vl_2b.yaml")
+    assert (cluster.models.input_format, cluster.embed.input_format) == ("unime-v2", "vlm2vec")
+    assert cluster.models.max_pixels is None  # the checkpoint's own processor bounds
+    released = load_config(Path(__file__).parent.parent / "configs" / "eval_unime_v2_qwen2vl_2b.yaml")
+    assert (released.models.input_format, released.models.image_resolution) == ("unime-v2", "high")
+    assert released.eval.rerank_modes[0] == "listwise-greedy"
+    assert load_config(None).models.input_format == "qwen2-vl-native"

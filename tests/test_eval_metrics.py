@@ -77,3 +77,54 @@ def test_aggregate_partial_never_averages_missing_as_zero():
     assert "OK-VQA" in result["missing"] and result["unknown"] == ["DemoI2T"]
     table = summary_markdown(result, published="UniME-V2 Qwen2-VL-2B")
     assert "| this run | 70.0* | - | - |" in table and "63.6" in table and "partial" in table
+
+
+# -- rerank evaluation as the UniME-V2 authors define it ------------------------------------
+def test_unparseable_answer_is_a_miss_even_when_the_embedder_was_right():
+    from unime.eval.harness import reranked_hit
+
+    candidates = [("pos", ""), ("neg", "")]
+    assert reranked_hit([0, 1], True, candidates, ("pos", ""), 0)
+    assert not reranked_hit([0, 1], False, candidates, ("pos", ""), 0)
+
+
+def test_positive_counts_by_content_as_well_as_by_slot():
+    from unime.eval.harness import reranked_hit
+
+    # the positive's text and image repeated under another index of the candidate list
+    candidates = [("neg", "a.png"), ("cat", "b.png"), ("cat", "b.png")]
+    assert reranked_hit([2, 0, 1], True, candidates, ("cat", "b.png"), 1)
+    assert not reranked_hit([0, 1, 2], True, candidates, ("cat", "b.png"), 1)
+    assert not reranked_hit([2, 0, 1], True, [("neg", "a.png"), ("cat", "b.png"), ("cat", "c.png")],
+                            ("cat", "b.png"), 1)
+
+
+def test_headline_mode_is_never_chosen_on_the_test_data():
+    from unime.eval.harness import headline_mode
+
+    assert headline_mode(["pairwise", "listwise", "listwise-greedy"]) == "listwise-greedy"
+    assert headline_mode(["pairwise", "listwise"]) == "pairwise"
+
+
+def test_rerank_batch_counts_an_unparsed_answer_as_a_miss():
+    """The evaluate stage's actor, wired to a reranker whose greedy answer names nothing."""
+    import pyarrow as pa
+
+    from unime.pipeline.evaluate import RerankBatch
+    from unime.rerank import Ranking
+
+    class Unparsed:
+        def rank(self, query, candidates, mode):
+            return Ranking(order=list(range(len(candidates))), scores=[0.0] * len(candidates), parsed=False)
+
+    class Images:
+        def get(self, path):
+            return None
+
+    actor = RerankBatch.__new__(RerankBatch)
+    actor.reranker, actor.modes, actor.images = Unparsed(), ["listwise-greedy"], Images()
+    rows = pa.Table.from_pylist([{"dataset": "D", "row_index": 0, "qry_text": "q", "qry_img_path": "",
+                                  "cand_index": [0, 3], "cand_texts": ["pos", "neg"], "cand_images": ["", ""],
+                                  "pos_text": "pos", "pos_image": ""}])
+    out = actor(rows).to_pylist()[0]
+    assert out["listwise-greedy_hit"] is False and out["listwise-greedy_top1"] == -1

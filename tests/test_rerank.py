@@ -11,6 +11,7 @@ from PIL import Image
 
 from unime.judge import HFJudge, build_judge_messages
 from unime.losses import IGNORE_INDEX
+from unime.models.recipes import get_recipe
 from unime.prompts import JUDGE_PROMPT, LISTWISE_PROMPT
 from unime.rerank import (
     Reranker,
@@ -29,6 +30,10 @@ def test_listwise_messages_exact_layout():
     messages = build_listwise_messages("<|image_1|>\nWhat is shown?", IMAGE, [("a cat", None), ("", IMAGE), ("x", IMAGE)])
     assert len(messages) == 1 and messages[0]["role"] == "user"
     parts = [(p["type"], p.get("text")) for p in messages[0]["content"]]
+    # item texts stay raw until an input recipe prepares the chat
+    assert parts[3] == ("text", "<|image_1|>\nWhat is shown?")
+    prepared = get_recipe("qwen2-vl-native").prepare_chat(messages, "native")
+    parts = [(p["type"], p.get("text")) for p in prepared[0]["content"]]
     assert parts == [("text", LISTWISE_PROMPT), ("text", "Query:"), ("image", None), ("text", "What is shown?"),
                      ("text", "Candidates:"), ("text", "(1) "), ("text", "a cat"), ("text", "(2) "), ("image", None),
                      ("text", "(3) "), ("image", None), ("text", "x")]
@@ -110,7 +115,7 @@ def test_listwise_scores_are_answer_probabilities(reranker):
     backend = reranker.backend
     chat = build_listwise_messages("query", None, CANDIDATES[:2])
     got = backend.continuation_logprobs(chat, "Ans: (", ["1)", "2)"])
-    prompt = backend.judge.prompt_texts([chat])[0] + "Ans: ("
+    prompt = backend.judge.prompt_texts(backend.judge.prepare([chat]))[0] + "Ans: ("
     for k, continuation in enumerate(["1)", "2)"]):
         ids = backend.processor(text=[prompt + continuation], return_tensors="pt")["input_ids"]
         n = len(backend.processor.tokenizer.encode(continuation, add_special_tokens=False))

@@ -110,7 +110,7 @@ def test_judge_scores_p_yes_over_the_two_tokens(tiny_dir, image):
     scores = judge.score(chats)
     assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
     for chat, score in zip(chats, scores):
-        text = judge.prompt_texts([chat])[0]
+        text = judge.prompt_texts(judge.prepare([chat]))[0]
         batch = judge.processor(text=[text], images=[image], return_tensors="pt")
         with torch.no_grad():
             logits = judge.model(**batch).logits[0, -1]

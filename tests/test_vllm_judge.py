@@ -60,7 +60,9 @@ def test_vllm_and_hf_scores_agree(vllm_judge, tiny_dir, demo_dir):
 
 def test_vllm_prompt_is_the_hf_prompt(vllm_judge, tiny_dir):
     chat = build_judge_messages("<|image_1|>\nq", None, "c", None)
-    assert vllm_judge.prompt_texts([chat]) == HFJudge(str(tiny_dir / "judge"), device="cpu").prompt_texts([chat])
+    hf = HFJudge(str(tiny_dir / "judge"), device="cpu")
+    text = vllm_judge.engine_prompts([chat])[0]["prompt"]
+    assert text == hf.prompt_texts(hf.prepare([chat]))[0] and "<|image_1|>" not in text
 
 
 def test_judge_stage_on_vllm_in_ray_actors(ray_cluster, demo_dir, tiny_dir, tmp_path):

@@ -19,6 +19,7 @@ import yaml
 
 from unime.data.images import ImageLimits
 from unime.demo_data import DemoCorpusConfig
+from unime.models.recipes import InputFormat, Resolution
 
 
 class ConfigError(ValueError):
@@ -41,7 +42,15 @@ class DataConfig:
 
 @dataclass
 class ModelsConfig:
-    """Checkpoints by hub id or path. ``min/max_pixels`` override the processor's bounds."""
+    """Checkpoints by hub id or path. ``min/max_pixels`` override the processor's bounds.
+
+    ``input_format``: the input recipe every model of the run is fed with (placeholder,
+    positions, image resize, truncation; ``docs/input_recipes.md``): ``unime-v2`` for the
+    authors' released checkpoints and models fine-tuned from Qwen2-VL the paper's way,
+    ``qwen2-vl-native`` for models trained from scratch. ``image_resolution``: one image size
+    for every use; None lets the recipe choose per use (``unime-v2``: ``mid`` to train the
+    embedder, ``high`` elsewhere, as the authors do).
+    """
 
     embedder: str = "Qwen/Qwen2-VL-2B-Instruct"
     judge: str = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -50,6 +59,8 @@ class ModelsConfig:
     device: str = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
+    input_format: InputFormat = "qwen2-vl-native"
+    image_resolution: Resolution | None = None
 
 
 @dataclass
@@ -102,9 +113,11 @@ class ActorConfig:
 
 @dataclass
 class EmbedConfig:
-    """The embed stage: an off-the-shelf embedder (``model``; default ``models.embedder``)."""
+    """The embed stage: an off-the-shelf embedder (``model``; default ``models.embedder``) and
+    its input recipe (``input_format``; default ``models.input_format``)."""
 
     model: str | None = None
+    input_format: InputFormat | None = None
     batch_size: int = 32
     actors: ActorConfig = field(default_factory=ActorConfig)
 
@@ -126,8 +139,9 @@ class EvalConfig:
         default_factory=lambda: ["listwise-greedy", "listwise", "pairwise"])
     rerank_backend: Literal["hf", "vllm"] = "hf"
     groups: Literal["mmeb", "demo"] = "mmeb"
-    global_caption_prompt: str = "{caption}"
-    global_image_prompt: str = "<|image_1|>\nRepresent the given image.\n"
+    # Flickr30K/COCO-style prompts; None: the input recipe's (unime-v2: the authors' own)
+    global_caption_prompt: str | None = None
+    global_image_prompt: str | None = None
     compare_with: str | None = None
     actors: ActorConfig = field(default_factory=ActorConfig)
 

@@ -65,12 +65,16 @@ def read_image_bytes(uri: str, limits: ImageLimits, storage_options: dict[str, A
         return handle.read()
 
 
-def load_image(uri: str, limits: ImageLimits | None = None, storage_options: dict[str, Any] | None = None):
-    """Decode an image to RGB, or raise :class:`ImageError` saying why it is unusable."""
+def load_image(uri: str, limits: ImageLimits | None = None, storage_options: dict[str, Any] | None = None,
+               keep_mode: bool = False):
+    """Decode an image to RGB (or, with ``keep_mode``, in its own mode: RGBA, palette, ..., for
+    an input recipe that resizes before converting), or raise :class:`ImageError` saying why
+    it is unusable."""
     limits = limits or ImageLimits()
     image = _open(read_image_bytes(uri, limits, storage_options), uri, limits)
     try:
-        return image.convert("RGB")
+        # decoded now (truncated data fails here, naming the file) and detached from the file
+        return image.copy() if keep_mode else image.convert("RGB")
     except Exception as exc:  # truncated or corrupt pixel data surfaces only on decode
         raise ImageError(f"cannot decode image {uri}: {type(exc).__name__}: {exc}") from exc
 

@@ -43,6 +43,27 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return order[:k]
 
 
+def reranked_hit(order: list[int], parsed: bool, candidates: list[tuple[str, str]],
+                 positive: tuple[str, str], positive_slot: int | None) -> bool:
+    """Did the reranker put the positive first? (The authors' rerank evaluation.)
+
+    An answer that names no valid candidate (``parsed`` False: listwise-greedy output with no
+    "(n)" or n out of range) is a miss, whatever the embedder's order was. The top candidate
+    counts when it is the positive's slot, or has the positive's content (text and image
+    path): MMEB lists sometimes repeat the positive under another index.
+    """
+    if not parsed or not order:
+        return False
+    top = order[0]
+    return top == positive_slot or tuple(candidates[top]) == tuple(positive)
+
+
+def headline_mode(modes: list[str]) -> str:
+    """The reranked score the summary leads with: the paper's inference (listwise-greedy) when
+    it was run, else the first configured mode; never the best mode on the test data."""
+    return "listwise-greedy" if "listwise-greedy" in modes else modes[0]
+
+
 def subset_metrics(score_rows: list[np.ndarray]) -> dict[str, float]:
     ranks = metrics.ranks_with_positive_first(score_rows)
     return {"P@1": 100 * metrics.precision_at_1(ranks), "hit@5": 100 * metrics.hit_at_k(ranks, 5),

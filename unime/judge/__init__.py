@@ -7,20 +7,22 @@ which scores ``(query_text, query_image, candidate_text, candidate_image)`` path
 """
 
 from unime.judge.hf import HFJudge, p_yes, yes_no_token_ids
-from unime.judge.prompts import build_judge_messages, message_images, strip_image_placeholders
+from unime.judge.prompts import build_judge_messages, message_images
+from unime.prompts import strip_image_placeholders
 
 
 def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: str = "auto", **options):
     """A judge backend by name; ``options`` carry backend-specific settings."""
-    pixel_bounds = {k: options.get(k) for k in ("min_pixels", "max_pixels")}
+    inputs = {k: options.get(k) for k in ("min_pixels", "max_pixels", "image_resolution")}
+    inputs["input_format"] = options.get("input_format") or "qwen2-vl-native"
     if backend == "hf":
-        return HFJudge(name_or_path, dtype=dtype, device=device, **pixel_bounds)
+        return HFJudge(name_or_path, dtype=dtype, device=device, **inputs)
     if backend == "vllm":
         from unime.judge.vllm_backend import VLLMJudge
 
         return VLLMJudge(name_or_path, dtype=dtype, max_model_len=options.get("max_model_len", 8192),
                          kv_cache_gib=options.get("kv_cache_gib", 4.0),
-                         prefix_caching=options.get("prefix_caching", True), **pixel_bounds)
+                         prefix_caching=options.get("prefix_caching", True), **inputs)
     if backend == "label":
         from unime.judge.label import LabelJudge
 

@@ -25,20 +25,58 @@ def p_yes(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
     return torch.softmax(logits[:, [yes_id, no_id]].float(), dim=-1)[:, 0]
 
 
-class HFJudge:
+class ChatInputs:
+    """A judge / reranker checkpoint's processor and input recipe: chats in, rendered prompt
+    texts and prepared images out (shared by the HF and vLLM backends).
+
+    ``input_format`` names the recipe (:mod:`unime.models.recipes`); ``image_resolution`` its
+    image size (None: the recipe's default for ``use``); ``min/max_pixels`` the image budget,
+    applied by the recipe before the processor or by the processor, as the recipe says.
+    """
+
+    def __init__(self, name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval"):
+        from unime.models.processor import load_processor
+        from unime.models.recipes import get_recipe
+
+        self.recipe = get_recipe(input_format)
+        self.image_resolution = self.recipe.resolution_for(use, image_resolution)
+        processor_bounds, self.fit_pixels = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
+        self.processor = load_processor(name_or_path, pil_images=self.recipe.pil_image_processor, **processor_bounds)
+
+    def prepare(self, chats: list[list[dict]]) -> list[list[dict]]:
+        """Chats with raw texts cleaned and PIL images resized as the recipe says."""
+        return [self.recipe.prepare_chat(chat, self.image_resolution, self.fit_pixels) for chat in chats]
+
+    def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
+        """Prompt texts of chats already :meth:`prepare`-d."""
+        return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+
+
+class HFJudge(ChatInputs):
     """A frozen MLLM judge on the transformers path; loads once, scores chats in batches."""
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
-                 min_pixels: int | None = None, max_pixels: int | None = None):
+                 min_pixels: int | None = None, max_pixels: int | None = None,
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
         from unime.models.loading import load_model
-        from unime.models.processor import load_processor
 
+        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
         self.model = load_model(name_or_path, dtype=dtype, device=device)
-        self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
 
-    def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
-        return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+    def encode(self, chats: list[list[dict]], suffixes: list[str] | None = None) -> dict:
+        """Model inputs of raw chats (left padded), each prompt followed by its ``suffix``."""
+        chats = self.prepare(chats)
+        texts = [text + (suffixes[k] if suffixes else "") for k, text in enumerate(self.prompt_texts(chats))]
+        images = [image for chat in chats for image in message_images(chat)]
+        return self.processor(text=texts, images=images or None, padding=True,
+                              return_tensors="pt").to(self.model.device)
+
+    @torch.inference_mode()
+    def first_token_logits(self, chats: list[list[dict]]) -> torch.Tensor:
+        """Next-token logits ``[B, V]`` after each chat's generation prompt."""
+        return self.model(**self.encode(chats), logits_to_keep=1, use_cache=False).logits[:, -1]
 
     @torch.inference_mode()
     def score(self, chats: list[list[dict]], batch_size: int | None = None) -> np.ndarray:
@@ -51,8 +89,4 @@ class HFJudge:
         return np.concatenate(scores) if scores else np.zeros(0)
 
     def _score_batch(self, chats: list[list[dict]]) -> np.ndarray:
-        images = [image for chat in chats for image in message_images(chat)]
-        batch = self.processor(text=self.prompt_texts(chats), images=images or None, padding=True,
-                               return_tensors="pt").to(self.model.device)
-        logits = self.model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
-        return p_yes(logits, self.yes_id, self.no_id).double().cpu().numpy()
+        return p_yes(self.first_token_logits(chats), self.yes_id, self.no_id).double().cpu().numpy()

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from unime.prompts import JUDGE_PROMPT, strip_image_placeholders
+from unime.prompts import JUDGE_PROMPT
 
 
 def item_parts(text: str | None, image: Any) -> list[dict]:
+    """An item's image and text parts. The text is kept as the data has it (``raw``): the
+    model's input recipe cleans it (``InputRecipe.prepare_chat``) before rendering."""
     parts = [] if image is None or image == "" else [{"type": "image", "image": image}]
-    text = strip_image_placeholders(text)
-    return parts + ([{"type": "text", "text": text}] if text else [])
+    return parts + ([{"type": "text", "text": text, "raw": True}] if text else [])
+
 
 
 def build_judge_messages(query_text: str | None, query_image: Any, cand_text: str | None, cand_image: Any) -> list[dict]:
     """One user turn: prompt, "Query:", query image, query text, "Candidate:", its image, its text.
 
-    Images are a path, a PIL image or None; absent images and empty texts are omitted and
-    image placeholders are stripped from the texts.
+    Images are a path, a PIL image or None; absent images and empty texts are omitted; the
+    query's and candidate's texts stay raw for the model's input recipe to clean.
     """
     content = [{"type": "text", "text": JUDGE_PROMPT}, {"type": "text", "text": "Query:"}]
     content += item_parts(query_text, query_image)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from unime.judge.hf import yes_no_token_ids
+from unime.judge.hf import ChatInputs, yes_no_token_ids
 from unime.judge.prompts import message_images
 
 
@@ -24,12 +24,13 @@ def p_yes_from_logprobs(logprob_yes: float, logprob_no: float) -> float:
     return yes / (yes + no)
 
 
-class VLLMJudge:
+class VLLMJudge(ChatInputs):
     """A frozen MLLM judge served by a vLLM engine in this process."""
 
     def __init__(self, name_or_path: str, dtype: str = "float32", max_model_len: int = 8192,
                  min_pixels: int | None = None, max_pixels: int | None = None, prefix_caching: bool = True,
-                 kv_cache_gib: float = 4.0, max_images_per_prompt: int = 2, seed: int = 0):
+                 kv_cache_gib: float = 4.0, max_images_per_prompt: int = 2, seed: int = 0,
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
         # One engine per Ray actor: run the engine core in this process (no extra spawn, which
         # also fails under pytest / Ray workers whose __main__ cannot be re-imported).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -37,10 +38,9 @@ class VLLMJudge:
         import torch
         from vllm import LLM, SamplingParams
 
-        from unime.models.processor import load_processor
-
-        pixel_bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-        self.processor = load_processor(name_or_path, **pixel_bounds)
+        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
+        # the engine's processor gets the same overrides as ours (none when the recipe fits images)
+        pixel_bounds, _ = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enable_prefix_caching=prefix_caching, enforce_eager=not torch.cuda.is_available(),
@@ -59,16 +59,19 @@ class VLLMJudge:
 
         self.score([build_judge_messages("warm-up", Image.new("RGB", (56, 56)), "warm-up", None)])
 
-    def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
-        return [self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+    def engine_prompts(self, chats: list[list[dict]], suffixes: list[str] | None = None) -> list[dict]:
+        """vLLM prompts of raw chats: the recipe's prompt text (+ ``suffix``) and prepared images."""
+        chats = self.prepare(chats)
+        prompts = []
+        for k, (text, chat) in enumerate(zip(self.prompt_texts(chats), chats)):
+            text += suffixes[k] if suffixes else ""
+            images = message_images(chat)
+            prompts.append({"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text})
+        return prompts
 
     def score(self, chats: list[list[dict]]) -> np.ndarray:
         """P(Yes) for each chat, all chats in one engine call; images must be PIL images."""
-        prompts = []
-        for text, chat in zip(self.prompt_texts(chats), chats):
-            images = message_images(chat)
-            prompts.append({"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text})
-        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        outputs = self.llm.generate(self.engine_prompts(chats), self.params, use_tqdm=False)
         scores = []
         for output in outputs:
             logprobs = output.outputs[0].logprobs[0]

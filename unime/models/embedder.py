@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from unime.prompts import MMEB_IMAGE_PLACEHOLDER
-
-QWEN_IMAGE_SEQUENCE = "<|vision_start|><|image_pad|><|vision_end|>"
-_PLACEHOLDER = re.compile(re.escape(MMEB_IMAGE_PLACEHOLDER))
+from unime.models.recipes import Resolution, get_recipe
 
 
 @dataclass
@@ -23,18 +19,9 @@ class EmbedItem:
     image: Any = None
 
 
-def format_embedding_text(text: str, has_image: bool, image_sequence: str = QWEN_IMAGE_SEQUENCE) -> str:
-    """Swap MMEB's ``<|image_1|>`` placeholder for the backbone's own image tokens.
-
-    An image without a placeholder goes first (as MMEB's own rows do); a placeholder
-    without an image is dropped, so a text-only item never asks for pixels.
-    """
-    text = text or ""
-    if not has_image:
-        return _PLACEHOLDER.sub("", text)
-    if _PLACEHOLDER.search(text):
-        return _PLACEHOLDER.sub(image_sequence, text, count=1).replace(MMEB_IMAGE_PLACEHOLDER, "")
-    return image_sequence + text
+def format_embedding_text(text: str, has_image: bool, input_format: str = "qwen2-vl-native") -> str:
+    """MMEB text -> the embedder's text under an input recipe (see :mod:`unime.models.recipes`)."""
+    return get_recipe(input_format).embed_text(text, has_image)
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -63,16 +50,23 @@ class Embedder:
     """Load a Qwen2-VL-family checkpoint once; embed batches of :class:`EmbedItem`.
 
     Embedding = L2-normalised last-layer hidden state of the last token (left padding),
-    as in VLM2Vec and UniME-V2.
+    as in VLM2Vec and UniME-V2. ``input_format`` names the input recipe (placeholder, positions,
+    image resize, truncation; :mod:`unime.models.recipes`) and ``image_resolution`` its image
+    size (None: the recipe's default for evaluation).
     """
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
-                 min_pixels: int | None = None, max_pixels: int | None = None):
+                 min_pixels: int | None = None, max_pixels: int | None = None,
+                 input_format: str = "qwen2-vl-native", image_resolution: Resolution | None = None):
         from unime.models.loading import load_model
         from unime.models.processor import load_processor
 
+        self.recipe = get_recipe(input_format)
+        self.image_resolution = self.recipe.resolution_for("eval", image_resolution)
         self.model = load_model(name_or_path, dtype=dtype, device=device)
-        self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels,
+                                        pil_images=self.recipe.pil_image_processor)
+        log_pixel_bounds(name_or_path, self.processor, self.recipe.name, self.image_resolution)
         self.encoder = PooledEncoder(self.model)
 
     @property
@@ -80,9 +74,15 @@ class Embedder:
         return next(self.model.parameters()).device
 
     def collate(self, items: list[EmbedItem]) -> dict[str, torch.Tensor]:
-        texts = [format_embedding_text(item.text, item.image is not None) for item in items]
-        images = [item.image for item in items if item.image is not None]
-        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        recipe = self.recipe
+        texts = [recipe.embed_text(item.text, item.image is not None) for item in items]
+        images = [recipe.embed_image(item.image, self.image_resolution) for item in items if item.image is not None]
+        truncation = {"truncation": True, "max_length": recipe.max_length} if recipe.max_length else {}
+        batch = dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
+                                    **truncation))
+        positions = recipe.position_ids(batch["attention_mask"])
+        if positions is not None:
+            batch["position_ids"] = positions
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -92,3 +92,16 @@ class Embedder:
     @torch.inference_mode()
     def encode(self, items: list[EmbedItem]) -> np.ndarray:
         return self.forward(self.collate(items)).cpu().numpy()
+
+
+def log_pixel_bounds(name_or_path: str, processor, recipe: str, resolution: str) -> None:
+    """Say which pixel bounds the processor applies: a released checkpoint's preprocessor
+    config sets them, and they decide how many tokens an image becomes."""
+    import logging
+
+    image_processor = processor.image_processor
+    bounds = getattr(image_processor, "size", None) or {}
+    logging.getLogger("unime.models").info(
+        "%s: input recipe %s, image resolution %s, processor %s pixels %s..%s", name_or_path, recipe, resolution,
+        type(image_processor).__name__, bounds.get("shortest_edge", getattr(image_processor, "min_pixels", None)),
+        bounds.get("longest_edge", getattr(image_processor, "max_pixels", None)))

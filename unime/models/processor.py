@@ -31,17 +31,20 @@ def torchvision_available() -> bool:
     return True
 
 
-def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs):
+def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
+                   pil_images: bool = False, **kwargs):
     """Load the processor of a Qwen2-VL / Qwen2.5-VL checkpoint (hub id or local path).
 
     ``min_pixels`` / ``max_pixels`` override the checkpoint's image resolution bounds.
     Uses the checkpoint's own processor class when torchvision works, the image-only
-    processor otherwise; both expand image tokens the same way.
+    processor otherwise; both expand image tokens the same way. ``pil_images`` asks for the
+    PIL image processor even where torchvision works (an input recipe's choice: its pixel
+    values are those of transformers' original, pre-torchvision processor).
     """
     pixel_bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     tokenizer.padding_side = "left"  # last-token pooling and batched next-token scoring
-    if torchvision_available():
+    if torchvision_available() and not pil_images:
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(name_or_path, tokenizer=tokenizer, **pixel_bounds, **kwargs)

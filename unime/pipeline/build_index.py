@@ -40,6 +40,7 @@ def run(config: PipelineConfig) -> dict:
     embedder = manifest.trained_or(run_dir, train_embedder, config.index.embedder, config.models.embedder, options)
     pairs, source = corpus_pairs(config)
     stage_fingerprint = manifest.fingerprint({"source": source, "index": asdict(config.index), "embedder": embedder,
+                                              "inputs": [config.models.input_format, config.models.image_resolution],
                                               "trained": (manifest.read_manifest(run_dir, train_embedder.STAGE, options)
                                                           or {}).get("fingerprint")})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):

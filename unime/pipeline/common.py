@@ -72,7 +72,11 @@ def embeddings_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 class ImageCache:
-    """Loads each distinct image once per actor (a query's image recurs in all its pairs)."""
+    """Loads each distinct image once per actor (a query's image recurs in all its pairs).
+
+    Images keep their own mode (RGBA, palette, ...): the model's input recipe converts them,
+    before or after resizing as the recipe says.
+    """
 
     def __init__(self, image_root: str, limits: ImageLimits, storage_options: dict | None = None,
                  capacity: int = 4096):
@@ -85,5 +89,6 @@ class ImageCache:
         if image not in self._images:
             if len(self._images) >= self.capacity:
                 self._images.pop(next(iter(self._images)))
-            self._images[image] = load_image(resolve_image(image, self.image_root), self.limits, self.storage_options)
+            self._images[image] = load_image(resolve_image(image, self.image_root), self.limits, self.storage_options,
+                                             keep_mode=True)
         return self._images[image]

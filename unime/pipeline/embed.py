@@ -52,10 +52,12 @@ class EmbedBatch:
     """Ray Data callable class: loads the embedder once, embeds batches of items."""
 
     def __init__(self, model: str, dtype: str, device: str, min_pixels, max_pixels, image_root: str,
-                 limits: dict, storage_options: dict, stage: str = "embed"):
+                 limits: dict, storage_options: dict, stage: str = "embed", input_format: str = "qwen2-vl-native",
+                 image_resolution: str | None = None):
         from unime.models import Embedder
 
-        self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                                 input_format=input_format, image_resolution=image_resolution)
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
         self.stage = stage
 
@@ -70,9 +72,11 @@ class EmbedBatch:
                          "embedding": embeddings_column(vectors)})
 
 
-def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, stage: str = STAGE) -> None:
+def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, stage: str = STAGE,
+                input_format: str | None = None) -> None:
     """Embed an item table ``(id, text, image, is_candidate[, length])`` on the actor pool into
-    parquet shards under ``out``; every item gets exactly one embedding."""
+    parquet shards under ``out``; every item gets exactly one embedding. ``input_format``:
+    the embedder's input recipe (default ``models.input_format``)."""
     import ray.data
 
     data = config.data
@@ -87,7 +91,8 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
             "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
             "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
-            "stage": stage,
+            "stage": stage, "input_format": input_format or config.models.input_format,
+            "image_resolution": config.models.image_resolution,
         },
         **actor_options(config.embed.actors))
     dataset.write_parquet(inner, filesystem=fs, ray_remote_args=task_options(config.ray.data_task_resources))
@@ -109,7 +114,7 @@ def run(config: PipelineConfig) -> dict:
 
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options)
     items = unique_items(pairs)
-    embed_items(items, model, config, output_path(run_dir))
+    embed_items(items, model, config, output_path(run_dir), input_format=config.embed.input_format)
     counts = {"pairs": pairs.num_rows, "items": items.num_rows,
               "candidates": int(pc.sum(items["is_candidate"]).as_py()),
               "query_only_items": int(pc.sum(pc.invert(items["is_candidate"])).as_py()),

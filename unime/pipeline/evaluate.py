@@ -20,8 +20,18 @@ from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
 from unime.data.readers import read_eval, read_many
 from unime.data.storage import join, write_bytes
-from unime.eval.harness import eval_items, global_items, global_recall, row_scores, subset_metrics, top_k
+from unime.eval.harness import (
+    eval_items,
+    global_items,
+    global_recall,
+    headline_mode,
+    reranked_hit,
+    row_scores,
+    subset_metrics,
+    top_k,
+)
 from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
+from unime.models.recipes import get_recipe
 from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import ImageCache, actor_options, write_parquet
 from unime.pipeline.embed import embed_items
@@ -35,22 +45,29 @@ class RerankBatch:
     """Ray Data callable class: loads the reranker once; reorders each row's top-k per mode."""
 
     def __init__(self, model: str, backend: str, modes: list[str], dtype: str, device: str, image_root: str,
-                 limits: dict, storage_options: dict):
+                 limits: dict, storage_options: dict, input_format: str = "qwen2-vl-native",
+                 image_resolution: str | None = None):
         from unime.rerank import Reranker
 
-        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device)
+        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, input_format=input_format,
+                                 image_resolution=image_resolution)
         self.modes = modes
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {f"{mode}_top1": [] for mode in self.modes} | {f"{mode}_parsed": [] for mode in self.modes}
+        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("top1", "parsed", "hit")}
         for row in batch.to_pylist():
             query = (row["qry_text"], self.images.get(row["qry_img_path"]))
             candidates = [(t, self.images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
+            contents = list(zip(row["cand_texts"], row["cand_images"]))
+            positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
             for mode in self.modes:
                 ranking = self.reranker.rank(query, candidates, mode)
-                out[f"{mode}_top1"].append(int(row["cand_index"][ranking.order[0]]))
+                top1 = int(row["cand_index"][ranking.order[0]]) if ranking.parsed else -1
+                out[f"{mode}_top1"].append(top1)
                 out[f"{mode}_parsed"].append(bool(ranking.parsed))
+                out[f"{mode}_hit"].append(reranked_hit(ranking.order, ranking.parsed, contents,
+                                                       (row["pos_text"], row["pos_image"]), positive_slot))
         return pa.table({"dataset": batch["dataset"], "row_index": batch["row_index"], **out})
 
 
@@ -61,6 +78,7 @@ def rerank_rows(tables: dict[str, pa.Table], scores: dict[str, list[np.ndarray]]
             chosen = top_k(row_score, k)
             rows.append({"dataset": name, "row_index": index, "qry_text": row["qry_text"],
                          "qry_img_path": row["qry_img_path"], "cand_index": chosen,
+                         "pos_text": row["tgt_text"][0], "pos_image": row["tgt_img_path"][0],
                          "cand_texts": [row["tgt_text"][j] for j in chosen],
                          "cand_images": [row["tgt_img_path"][j] for j in chosen]})
     return pa.Table.from_pylist(rows)
@@ -76,7 +94,9 @@ def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
         fn_constructor_kwargs={"model": model, "backend": config.eval.rerank_backend,
                                "modes": list(config.eval.rerank_modes), "dtype": config.models.dtype,
                                "device": config.models.device, "image_root": data.image_root,
-                               "limits": asdict(data.limits), "storage_options": data.storage_options},
+                               "limits": asdict(data.limits), "storage_options": data.storage_options,
+                               "input_format": config.models.input_format,
+                               "image_resolution": config.models.image_resolution},
         **actor_options(config.eval.actors)).take_all())
 
 
@@ -87,7 +107,7 @@ def bar_chart(aggregated: dict, reranked: dict | None) -> bytes:
     width = 0.4 if reranked else 0.6
     ax.bar(x - (width / 2 if reranked else 0), [aggregated["scores"][c] for c in columns], width, label="embedder")
     if reranked:
-        ax.bar(x + width / 2, [reranked["scores"][c] for c in columns], width, label="+ rerank (best mode)")
+        ax.bar(x + width / 2, [reranked["scores"][c] for c in columns], width, label=f"+ rerank ({reranked['mode']})")
     ax.set_xticks(x, columns)
     ax.set_ylabel("Precision@1 (%)")
     ax.set_ylim(0, 100)
@@ -105,7 +125,8 @@ def run(config: PipelineConfig) -> dict:
     reranker = manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options)
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
-                                              "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream]})
+                                              "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
+                                              "inputs": [config.models.input_format, config.models.image_resolution]})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
 
@@ -116,8 +137,10 @@ def run(config: PipelineConfig) -> dict:
         read.extend(global_read)
         global_rows = global_read.rows
     write_parquet(read.quarantine_table(), join(run_dir, STAGE, "quarantine.parquet"), options)
-    captions, images, caption_image = global_items(global_rows, config.eval.global_caption_prompt,
-                                                   config.eval.global_image_prompt)
+    recipe = get_recipe(config.models.input_format)
+    captions, images, caption_image = global_items(global_rows, config.eval.global_caption_prompt
+                                                   or recipe.global_caption_prompt,
+                                                   config.eval.global_image_prompt or recipe.global_image_prompt)
     items, references = eval_items(tables, captions + images)
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
     store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
@@ -133,12 +156,13 @@ def run(config: PipelineConfig) -> dict:
         for name in per_dataset:
             mine = [r for r in results if r["dataset"] == name]
             per_dataset[name]["rerank"] = {
-                mode: {"P@1": 100 * float(np.mean([r[f"{mode}_top1"] == 0 for r in mine])),
+                mode: {"P@1": 100 * float(np.mean([r[f"{mode}_hit"] for r in mine])),
                        "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine]))}
                 for mode in config.eval.rerank_modes}
-        best = max(config.eval.rerank_modes, key=lambda m: np.mean([d["rerank"][m]["P@1"] for d in per_dataset.values()]))
-        reranked_summary = aggregate({n: d["rerank"][best]["P@1"] for n, d in per_dataset.items()}, groups) | {
-            "mode": best}
+        reranked_by_mode = {mode: aggregate({n: d["rerank"][mode]["P@1"] for n, d in per_dataset.items()}, groups)
+                            for mode in config.eval.rerank_modes}
+        headline = headline_mode(list(config.eval.rerank_modes))
+        reranked_summary = reranked_by_mode[headline] | {"mode": headline, "by_mode": reranked_by_mode}
     aggregated = aggregate({name: d["P@1"] for name, d in per_dataset.items()}, groups)
     summary = {"embedder": embedder, "reranker": reranker, "aggregate": aggregated, "reranked": reranked_summary,
                "global": global_result,
@@ -147,7 +171,8 @@ def run(config: PipelineConfig) -> dict:
                "quarantined_rows": len(read.quarantine)}
     markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
     if reranked_summary:
-        markdown += "\n\n" + summary_markdown(reranked_summary, f"+ rerank ({reranked_summary['mode']})")
+        for mode, reranked in reranked_summary["by_mode"].items():
+            markdown += "\n\n" + summary_markdown(reranked, f"+ rerank ({mode})")
     if global_result:
         keys = [k for k in global_result if k not in ("captions", "images")]
         markdown += ("\n\nGlobal image-text retrieval (" + f"{global_result['captions']} captions, "

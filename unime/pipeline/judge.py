@@ -141,8 +141,8 @@ def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]
     judge = asdict(config.judge)
     judge.pop("actors")  # where the actors run changes nothing they write
     model = config.judge.model or config.models.judge
-    return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model,
-                                 "dtype": config.models.dtype}), model
+    return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model, "dtype": config.models.dtype,
+                                 "inputs": [config.models.input_format, config.models.image_resolution]}), model
 
 
 def _prepare_shards(config: PipelineConfig, stage_fingerprint: str) -> int:
@@ -187,7 +187,9 @@ def run(config: PipelineConfig) -> dict:
         scored = dataset.map_batches(JudgeShards, batch_size=1, batch_format="numpy", fn_constructor_kwargs={
             "backend": judge.backend, "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "judge_options": {"max_model_len": judge.max_model_len, "min_pixels": judge.min_pixels,
-                              "max_pixels": judge.max_pixels, "kv_cache_gib": judge.kv_cache_gib},
+                              "max_pixels": judge.max_pixels, "kv_cache_gib": judge.kv_cache_gib,
+                              "input_format": config.models.input_format,
+                              "image_resolution": config.models.image_resolution},
             "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),
             "storage_options": options, "queries_per_call": judge.queries_per_call,
             "hf_batch_size": judge.hf_batch_size, "fail_after_shards": config.faults.judge_fail_after_shards,

@@ -176,8 +176,8 @@ def evaluation_section(config: PipelineConfig) -> Section:
     rows = [[name, d["rows"], d["P@1"], *[d["rerank"][m]["P@1"] for m in modes]] for name, d in per_dataset.items()]
     body = table(["dataset", "queries", "P@1 embedder", *[f"P@1 + rerank ({m})" for m in modes]], rows, "{:.1f}")
     aggregate_rows = [["embedder", *summary["aggregate"]["scores"].values()]]
-    if summary.get("reranked"):
-        aggregate_rows.append([f"+ rerank ({summary['reranked']['mode']})", *summary["reranked"]["scores"].values()])
+    for mode, reranked in ((summary.get("reranked") or {}).get("by_mode") or {}).items():
+        aggregate_rows.append([f"+ rerank ({mode})", *reranked["scores"].values()])
     body += table(["model", *summary["aggregate"]["scores"]], aggregate_rows, "{:.1f}")
     if summary.get("global"):
         keys = [k for k in summary["global"] if k not in ("captions", "images")]

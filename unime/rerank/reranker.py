@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from unime.judge.prompts import message_images
 from unime.rerank.prompts import build_listwise_messages, build_pairwise_messages
 
 ANSWER_PREFIX = "Ans: ("
@@ -53,10 +52,11 @@ def greedy_order(choice: int | None, num_candidates: int) -> list[int]:
 
 
 class HFRerankerBackend:
-    def __init__(self, name_or_path: str, dtype: str, device: str, min_pixels, max_pixels):
+    def __init__(self, name_or_path: str, dtype: str, device: str, min_pixels, max_pixels, **recipe):
         from unime.judge import HFJudge
 
-        self.judge = HFJudge(name_or_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.judge = HFJudge(name_or_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                             **recipe)
         self.processor, self.model = self.judge.processor, self.judge.model
 
     def p_yes(self, chats: list[list[dict]]) -> np.ndarray:
@@ -65,12 +65,9 @@ class HFRerankerBackend:
     @torch.inference_mode()
     def continuation_logprobs(self, chat: list[dict], prefix: str, continuations: list[str]) -> np.ndarray:
         """log P(continuation | chat + prefix) for each continuation, in one batch."""
-        prompt = self.judge.prompt_texts([chat])[0] + prefix
         tokenizer = self.processor.tokenizer
         lengths = [len(tokenizer.encode(c, add_special_tokens=False)) for c in continuations]
-        images = message_images(chat) * len(continuations)
-        batch = self.processor(text=[prompt + c for c in continuations], images=images or None, padding=True,
-                               return_tensors="pt").to(self.model.device)
+        batch = self.judge.encode([chat] * len(continuations), [prefix + c for c in continuations])
         logprobs = torch.log_softmax(self.model(**batch, use_cache=False).logits[:, :-1].float(), dim=-1)
         targets = batch["input_ids"][:, 1:]
         token_logprobs = logprobs.gather(-1, targets[..., None])[..., 0]
@@ -78,25 +75,19 @@ class HFRerankerBackend:
 
     @torch.inference_mode()
     def greedy(self, chat: list[dict], max_new_tokens: int = 8) -> str:
-        prompt = self.judge.prompt_texts([chat])[0]
-        images = message_images(chat)
-        batch = self.processor(text=[prompt], images=images or None, return_tensors="pt").to(self.model.device)
+        batch = self.judge.encode([chat])
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         return self.processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 class VLLMRerankerBackend:
     def __init__(self, name_or_path: str, dtype: str, min_pixels, max_pixels, max_model_len: int = 8192,
-                 kv_cache_gib: float = 4.0):
+                 kv_cache_gib: float = 4.0, **recipe):
         from unime.judge.vllm_backend import VLLMJudge
 
         self.judge = VLLMJudge(name_or_path, dtype=dtype, max_model_len=max_model_len, min_pixels=min_pixels,
-                               max_pixels=max_pixels, kv_cache_gib=kv_cache_gib, max_images_per_prompt=16)
+                               max_pixels=max_pixels, kv_cache_gib=kv_cache_gib, max_images_per_prompt=16, **recipe)
         self.processor = self.judge.processor
-
-    def _prompt(self, text: str, chat: list[dict]) -> dict:
-        images = message_images(chat)
-        return {"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text}
 
     def p_yes(self, chats: list[list[dict]]) -> np.ndarray:
         return self.judge.score(chats)
@@ -104,12 +95,11 @@ class VLLMRerankerBackend:
     def continuation_logprobs(self, chat: list[dict], prefix: str, continuations: list[str]) -> np.ndarray:
         from vllm import SamplingParams
 
-        prompt = self.judge.prompt_texts([chat])[0] + prefix
         tokenizer = self.processor.tokenizer
         lengths = [len(tokenizer.encode(c, add_special_tokens=False)) for c in continuations]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.judge.llm.generate([self._prompt(prompt + c, chat) for c in continuations], params,
-                                          use_tqdm=False)
+        prompts = self.judge.engine_prompts([chat] * len(continuations), [prefix + c for c in continuations])
+        outputs = self.judge.llm.generate(prompts, params, use_tqdm=False)
         sums = []
         for output, n in zip(outputs, lengths):
             ids, logprobs = output.prompt_token_ids, output.prompt_logprobs
@@ -119,21 +109,27 @@ class VLLMRerankerBackend:
     def greedy(self, chat: list[dict], max_new_tokens: int = 8) -> str:
         from vllm import SamplingParams
 
-        text = self.judge.prompt_texts([chat])[0]
-        output = self.judge.llm.generate([self._prompt(text, chat)],
+        output = self.judge.llm.generate(self.judge.engine_prompts([chat]),
                                          SamplingParams(max_tokens=max_new_tokens, temperature=0.0), use_tqdm=False)
         return output[0].outputs[0].text
 
 
 class Reranker:
-    """Loads a reranker checkpoint once; ranks candidates for a query in any of :data:`MODES`."""
+    """Loads a reranker checkpoint once; ranks candidates for a query in any of :data:`MODES`.
+
+    ``input_format`` / ``image_resolution``: the input recipe and its image size
+    (:mod:`unime.models.recipes`); ``unime-v2`` feeds the released UniME-V2 reranker what its
+    authors' evaluation fed it.
+    """
 
     def __init__(self, name_or_path: str, backend: str = "hf", dtype: str = "float32", device: str = "auto",
-                 min_pixels: int | None = None, max_pixels: int | None = None, **vllm_options):
+                 min_pixels: int | None = None, max_pixels: int | None = None, input_format: str = "qwen2-vl-native",
+                 image_resolution: str | None = None, **vllm_options):
+        recipe = {"input_format": input_format, "image_resolution": image_resolution}
         if backend == "hf":
-            self.backend = HFRerankerBackend(name_or_path, dtype, device, min_pixels, max_pixels)
+            self.backend = HFRerankerBackend(name_or_path, dtype, device, min_pixels, max_pixels, **recipe)
         elif backend == "vllm":
-            self.backend = VLLMRerankerBackend(name_or_path, dtype, min_pixels, max_pixels, **vllm_options)
+            self.backend = VLLMRerankerBackend(name_or_path, dtype, min_pixels, max_pixels, **recipe, **vllm_options)
         else:
             raise ValueError(f"unknown reranker backend {backend!r}; expected 'hf' or 'vllm'")
 

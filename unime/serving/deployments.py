@@ -43,10 +43,10 @@ async def _input_error(_: Request, exc: InputError):
 @serve.deployment
 class EmbedderDeployment:
     def __init__(self, model: str, dtype: str = "float32", device: str = "auto", batch_size: int = 16,
-                 batch_wait_s: float = 0.01):
+                 batch_wait_s: float = 0.01, inputs: dict | None = None):
         from unime.models import Embedder
 
-        self.embedder = Embedder(model, dtype=dtype, device=device)
+        self.embedder = Embedder(model, dtype=dtype, device=device, **(inputs or {}))
         self.model = model
         self.embed.set_max_batch_size(batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_s)
@@ -83,10 +83,10 @@ class RetrieverDeployment:
 
 @serve.deployment
 class RerankerDeployment:
-    def __init__(self, model: str, dtype: str = "float32", device: str = "auto"):
+    def __init__(self, model: str, dtype: str = "float32", device: str = "auto", inputs: dict | None = None):
         from unime.rerank import Reranker
 
-        self.reranker = Reranker(model, dtype=dtype, device=device)
+        self.reranker = Reranker(model, dtype=dtype, device=device, **(inputs or {}))
 
     def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
         ranking = self.reranker.rank(query, candidates, mode)
@@ -217,10 +217,12 @@ def build_app(config):
     index_dir = serve_config.index_dir or build_index.output_path(run_dir)
     light = {"num_cpus": serve_config.replica_cpus}
     model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {})
+    # queries are embedded with the recipe and resolution the index was built with
+    inputs = {"input_format": models.input_format, "image_resolution": models.image_resolution}
     return Ingress.options(ray_actor_options=light).bind(
         EmbedderDeployment.options(ray_actor_options=model).bind(
-            embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s),
+            embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
         RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options),
-        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device),
+        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device, inputs),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options)

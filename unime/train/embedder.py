@@ -51,11 +51,13 @@ class EmbedderTrainer(TrainerBase):
 
     def __init__(self, model: str, train: EmbedderTrainConfig, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None, image_root: str = "",
-                 limits: dict | None = None, storage_options: dict | None = None, seed: int = 0):
+                 limits: dict | None = None, storage_options: dict | None = None, seed: int = 0,
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
         super().__init__()
         torch.manual_seed(seed)
         self.config = train
-        self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                                 input_format=input_format, image_resolution=image_resolution)
         self.model = self.embedder.model.train()
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout, train.use_dora,
                                train.full_finetune)

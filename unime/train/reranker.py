@@ -16,10 +16,10 @@ import torch
 
 from unime.config import RerankerTrainConfig
 from unime.data.images import ImageLimits
-from unime.judge.hf import yes_no_token_ids
+from unime.judge.hf import ChatInputs, yes_no_token_ids
 from unime.judge.prompts import item_parts
 from unime.losses import answer_cross_entropy, choice_cross_entropy
-from unime.models import load_model, load_processor
+from unime.models import load_model
 from unime.pipeline.common import ImageCache
 from unime.rerank.encoding import encode_with_answers
 from unime.rerank.prompts import build_listwise_messages, build_pairwise_messages, training_chats
@@ -58,12 +58,15 @@ class RerankerTrainer(TrainerBase):
     def __init__(self, model: str, train: RerankerTrainConfig, max_steps: int, world_size: int = 1,
                  dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
                  max_pixels: int | None = None, image_root: str = "", limits: dict | None = None,
-                 storage_options: dict | None = None, seed: int = 0):
+                 storage_options: dict | None = None, seed: int = 0, input_format: str = "qwen2-vl-native",
+                 image_resolution: str | None = None):
         super().__init__()
         torch.manual_seed(seed)
         self.config = train
         self.model = load_model(model, dtype=dtype, device=device).train()
-        self.processor = load_processor(model, min_pixels=min_pixels, max_pixels=max_pixels)
+        # the input recipe's texts and images, at its reranker-training resolution
+        self.inputs = ChatInputs(model, min_pixels, max_pixels, input_format, image_resolution, use="train_reranker")
+        self.processor = self.inputs.processor
         self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
                                full_finetune=train.full_finetune)
@@ -91,7 +94,8 @@ class RerankerTrainer(TrainerBase):
             other = next((r["kind"] for r in rows if r["kind"] != "pairwise"), None)
             if other is not None:
                 raise ValueError(f"answer_loss=yes_no trains pairwise chats only; got a {other!r} row")
-        batch = encode_with_answers(self.processor, [chat_of(r, self.images) for r in rows], [r["answer"] for r in rows])
+        chats = self.inputs.prepare([chat_of(r, self.images) for r in rows])
+        batch = encode_with_answers(self.processor, chats, [r["answer"] for r in rows])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = self.module(**batch, use_cache=False).logits
