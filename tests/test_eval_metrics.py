@@ -128,3 +128,13 @@ def test_rerank_batch_counts_an_unparsed_answer_as_a_miss():
                                   "pos_text": "pos", "pos_image": ""}])
     out = actor(rows).to_pylist()[0]
     assert out["listwise-greedy_hit"] is False and out["listwise-greedy_top1"] == -1
+
+
+def test_global_prompts_follow_the_input_recipe():
+    from unime.config import load_config
+    from unime.pipeline.evaluate import global_prompts
+
+    assert global_prompts(load_config(None, ["models.input_format=unime-v2"])) == (
+        "{caption}", "<|image_1|> Find an image caption describing the given image.")
+    assert global_prompts(load_config(None))[1] == "<|image_1|>\nRepresent the given image.\n"
+    assert global_prompts(load_config(None, ["eval.global_image_prompt=<|image_1|> x"]))[1] == "<|image_1|> x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unime.losses import soft_kl_alignment
@@ -66,16 +67,23 @@ def test_dropout_masks_are_replayed():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_tiny_embedder_gradcache_matches_plain(tiny_dir):
+@pytest.mark.parametrize("input_format", ["qwen2-vl-native", "unime-v2"])
+def test_tiny_embedder_gradcache_matches_plain(tiny_dir, input_format):
+    """Image and text items mixed: each chunk collates its own pixels and (unime-v2) positions."""
+    from PIL import Image
+
     from unime.models import Embedder, EmbedItem
 
     texts = ["a red circle", "two blue squares on the left", "three", "what colour are the shapes?",
              "one green triangle at the top", "purple", "four yellow diamonds in the center", "no"]
-    queries, cands = [EmbedItem(t) for t in texts[:2]], [EmbedItem(t) for t in texts[2:]]
+    items = [EmbedItem(t) for t in texts]
+    items[1] = EmbedItem("<|image_1|>\nRepresent the given image.\n", Image.new("RGBA", (60, 40), (9, 90, 200, 128)))
+    items[5] = EmbedItem("<|image_1|>\n", Image.new("RGB", (30, 70), (200, 20, 20)))
+    queries, cands = items[:2], items[2:]
     judge = torch.tensor([[0.9, 0.2, 0.4], [0.8, 0.1, 0.3]])
     results = []
     for step in (plain_step, lambda *a: gradcache_step(*a, chunk_size=2)):
-        embedder = Embedder(str(tiny_dir / "embedder"), device="cpu")
+        embedder = Embedder(str(tiny_dir / "embedder"), device="cpu", input_format=input_format)
         embedder.model.train()  # the tiny config has no dropout, so train mode is deterministic
 
         def embed(items, e=embedder):

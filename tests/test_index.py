@@ -49,6 +49,17 @@ def test_artifact_round_trip_and_embedder_check(place, tiny_dir, tmp_path):
         write_index(str(tmp_path / "bad"), vectors[:3], records, str(tiny_dir / "embedder"))
 
 
+def test_index_refuses_queries_embedded_with_other_inputs(tiny_dir, tmp_path):
+    vectors = clustered(10)
+    records = pa.table({"id": [f"i{k}" for k in range(10)], "text": ["t"] * 10, "image": [""] * 10})
+    built = {"input_format": "unime-v2", "image_resolution": "high"}
+    write_index(str(tmp_path / "a"), vectors, records, str(tiny_dir / "embedder"), IndexSpec("flat"), inputs=built)
+    artifact = load_index(str(tmp_path / "a"))
+    artifact.check_embedder(str(tiny_dir / "embedder"), dict(built))
+    with pytest.raises(ValueError, match="index's models.input_format"):
+        artifact.check_embedder(str(tiny_dir / "embedder"), {"input_format": "qwen2-vl-native", "image_resolution": None})
+
+
 @pytest.mark.integration
 def test_index_stage_indexes_the_corpus_positives(ray_cluster, demo_dir, tiny_dir, tmp_path):
     from tests.helpers import mining_config

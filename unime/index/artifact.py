@@ -89,17 +89,24 @@ class IndexArtifact:
         k = min(k, self.index.ntotal)
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
-    def check_embedder(self, name_or_path: str) -> None:
-        """Raise unless the index was built by this embedder checkpoint."""
+    def check_embedder(self, name_or_path: str, inputs: dict | None = None) -> None:
+        """Raise unless the index was built by this embedder checkpoint and, where both are
+        known, with these inputs (input recipe and image resolution): the same checkpoint fed
+        other inputs puts queries in another space than the indexed vectors."""
         want, have = checkpoint_fingerprint(name_or_path), self.manifest["embedder_fingerprint"]
         if want != have:
             raise ValueError(f"index built by embedder {self.manifest['embedder']} ({have[:12]}), "
                              f"not by {name_or_path} ({want[:12]}): rebuild the index or deploy its embedder")
+        built_with = self.manifest.get("inputs")
+        if inputs is not None and built_with is not None and built_with != inputs:
+            raise ValueError(f"index built with embedder inputs {built_with}, queries would be embedded with "
+                             f"{inputs}: deploy with the index's models.input_format / image_resolution")
 
 
 def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: str, spec: IndexSpec = IndexSpec(),
-                storage_options: dict | None = None) -> dict:
-    """Build and write the artefact; the manifest is written last."""
+                storage_options: dict | None = None, inputs: dict | None = None) -> dict:
+    """Build and write the artefact; the manifest is written last. ``inputs``: the embedder's
+    input recipe and image resolution, recorded for the retriever's check."""
     import faiss
 
     if len(vectors) != records.num_rows:
@@ -112,7 +119,7 @@ def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: s
     pq.write_table(records, buffer)
     write_bytes(join(folder, "records.parquet"), buffer.getvalue(), storage_options)
     manifest = {"kind": spec.kind, "spec": asdict(spec), "size": int(len(vectors)), "dim": int(vectors.shape[1]),
-                "embedder": embedder, "embedder_fingerprint": checkpoint_fingerprint(embedder),
+                "embedder": embedder, "embedder_fingerprint": checkpoint_fingerprint(embedder), "inputs": inputs,
                 "build_seconds": seconds, "created_at": time.time()}
     write_bytes(join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options)
     return manifest

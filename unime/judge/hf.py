@@ -36,6 +36,7 @@ class ChatInputs:
 
     def __init__(self, name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval"):
+        from unime.models.embedder import log_pixel_bounds
         from unime.models.processor import load_processor
         from unime.models.recipes import get_recipe
 
@@ -43,6 +44,7 @@ class ChatInputs:
         self.image_resolution = self.recipe.resolution_for(use, image_resolution)
         processor_bounds, self.fit_pixels = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
         self.processor = load_processor(name_or_path, pil_images=self.recipe.pil_image_processor, **processor_bounds)
+        log_pixel_bounds(name_or_path, self.processor, self.recipe.name, self.image_resolution)
 
     def prepare(self, chats: list[list[dict]]) -> list[list[dict]]:
         """Chats with raw texts cleaned and PIL images resized as the recipe says."""

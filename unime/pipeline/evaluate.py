@@ -115,6 +115,14 @@ def bar_chart(aggregated: dict, reranked: dict | None) -> bytes:
     return figure_png(fig)
 
 
+def global_prompts(config: PipelineConfig) -> tuple[str, str]:
+    """(caption, image) prompts of the global image-text evaluation: the config's, else the
+    embedder's input recipe's (``unime-v2``: the authors' Flickr30K / COCO prompts)."""
+    recipe = get_recipe(config.models.input_format)
+    return (config.eval.global_caption_prompt or recipe.global_caption_prompt,
+            config.eval.global_image_prompt or recipe.global_image_prompt)
+
+
 def run(config: PipelineConfig) -> dict:
     from unime.demo_data import EVAL_GROUPS
     from unime.eval.mmeb import GROUPS
@@ -137,10 +145,7 @@ def run(config: PipelineConfig) -> dict:
         read.extend(global_read)
         global_rows = global_read.rows
     write_parquet(read.quarantine_table(), join(run_dir, STAGE, "quarantine.parquet"), options)
-    recipe = get_recipe(config.models.input_format)
-    captions, images, caption_image = global_items(global_rows, config.eval.global_caption_prompt
-                                                   or recipe.global_caption_prompt,
-                                                   config.eval.global_image_prompt or recipe.global_image_prompt)
+    captions, images, caption_image = global_items(global_rows, *global_prompts(config))
     items, references = eval_items(tables, captions + images)
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
     store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)

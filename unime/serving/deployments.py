@@ -66,11 +66,12 @@ class EmbedderDeployment:
 
 @serve.deployment
 class RetrieverDeployment:
-    def __init__(self, index_dir: str, embedder: str, storage_options: dict | None = None):
+    def __init__(self, index_dir: str, embedder: str, storage_options: dict | None = None,
+                 inputs: dict | None = None):
         from unime.index import load_index
 
         self.artifact = load_index(index_dir, storage_options)
-        self.artifact.check_embedder(embedder)  # refuse to serve vectors from another embedder
+        self.artifact.check_embedder(embedder, inputs)  # refuse vectors from another embedder or recipe
         self.records = self.artifact.records.to_pylist()
 
     def image_paths(self) -> list[str]:
@@ -222,7 +223,7 @@ def build_app(config):
     return Ingress.options(ray_actor_options=light).bind(
         EmbedderDeployment.options(ray_actor_options=model).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
-        RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options),
+        RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options, inputs),
         RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device, inputs),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options)
