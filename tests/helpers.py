@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -139,3 +141,16 @@ class MetricsWatcher(threading.Thread):
         self.join()
         self.seen.update(read_metrics(self.port))
         return self.seen
+
+
+@contextlib.contextmanager
+def restored_environment():
+    """Undo what an in-process vLLM engine writes to ``os.environ`` (``LD_PRELOAD`` of torch's
+    libgomp among others): a Ray cluster started later by the same test session inherits it
+    and computes with another OpenMP runtime, so its floats stop matching the session's."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

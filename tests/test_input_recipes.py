@@ -21,6 +21,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from tests import official_inputs as official
+from tests.helpers import restored_environment
 from unime.models import Embedder, EmbedItem
 from unime.models.recipes import fit_to_budget, get_recipe
 from unime.rerank import Reranker, build_listwise_messages, build_pairwise_messages
@@ -188,8 +189,21 @@ def test_vllm_reranker_matches_the_authors(reranker_dir, unime_reranker):
     pairwise = rerank_cases()["pairwise"]
     _, want = oracle_logits(reranker_dir, judge.model, [t for _, t in pairwise])
     want_p_yes = torch.softmax(want[:, [judge.yes_id, judge.no_id]], -1)[:, 0].numpy()
+    with restored_environment():
+        check_vllm_against_the_authors(reranker_dir, judge, pairwise, want_p_yes)
+
+
+def check_vllm_against_the_authors(reranker_dir, judge, pairwise, want_p_yes):
     engine = Reranker(str(reranker_dir), backend="vllm", input_format="unime-v2", max_model_len=4096, kv_cache_gib=1)
     try:
+        # the engine gets the HF path's prompt text and prepared images
+        prompts = engine.backend.judge.engine_prompts([o for o, _ in pairwise])
+        prepared = judge.prepare([o for o, _ in pairwise])
+        assert [p["prompt"] for p in prompts] == judge.prompt_texts(prepared)
+        for prompt, chat in zip(prompts, prepared):
+            images = [p["image"] for p in chat[0]["content"] if p["type"] == "image"]
+            got = prompt.get("multi_modal_data", {}).get("image", [])
+            assert [np.asarray(i).tobytes() for i in got] == [np.asarray(i).tobytes() for i in images]
         np.testing.assert_allclose(engine.backend.p_yes([o for o, _ in pairwise]), want_p_yes, atol=1e-4, rtol=0)
         ours, theirs = rerank_cases()["listwise"][0]
         _, want = oracle_logits(reranker_dir, judge.model, [theirs])

@@ -256,3 +256,20 @@ def test_judge_demand_scales_its_node_type_from_zero_and_back(fixed_run, aws_con
         ray.shutdown()
         cluster.shutdown()
     assert mined_outputs(tmp_path) == mined_outputs(reference)
+
+
+def test_gpu_placement_without_cuda_fails_instead_of_running_on_the_cpu(node_types):
+    """A worker given a GPU on a node whose torch sees no CUDA (a fake-GPU node here) stops
+    with an error naming the node, where it used to fall back to the CPU."""
+    import ray
+
+    from unime.models.loading import resolve_device
+
+    with FixedCluster(node_types, "cpu-worker") as cluster:
+        cluster.cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.cluster.wait_for_nodes()
+        on_gpu = ray.remote(num_gpus=1, max_retries=0)(resolve_device)
+        with pytest.raises(ray.exceptions.RayTaskError, match="was given GPU.*no CUDA device on node"):
+            ray.get(on_gpu.remote("auto"), timeout=120)
+        # the same call without a GPU is an ordinary CPU run
+        assert str(ray.get(ray.remote(num_cpus=1)(resolve_device).remote("auto"), timeout=120)) == "cpu"

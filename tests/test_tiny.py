@@ -130,3 +130,15 @@ def test_save_load_round_trip(tiny_dir, tmp_path, image):
                       return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, copy(**batch).logits)
+
+
+def test_a_gpu_that_is_not_there_is_an_error_not_a_cpu_run(monkeypatch):
+    from unime.models import loading
+
+    monkeypatch.setattr(loading.torch.cuda, "is_available", lambda: False)
+    assert str(loading.resolve_device("auto")) == "cpu"
+    with pytest.raises(RuntimeError, match="'cuda' was asked for.*no CUDA device on node"):
+        loading.resolve_device("cuda")
+    monkeypatch.setattr(loading, "ray_gpu_ids", lambda: ["0"])
+    with pytest.raises(RuntimeError, match=r"given GPU\(s\) \['0'\].*Refusing to run on the CPU"):
+        loading.resolve_device("auto")

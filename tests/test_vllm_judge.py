@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import restored_environment
 from unime.data import load_image
 from unime.judge import HFJudge, build_judge_messages
 from unime.pipeline import judge
@@ -25,13 +26,14 @@ def vllm_judge(tiny_dir):
     pytest.importorskip("vllm")
     from unime.judge.vllm_backend import VLLMJudge
 
-    judge = VLLMJudge(str(tiny_dir / "judge"), max_model_len=1024, kv_cache_gib=1)
-    yield judge
-    # Release the engine now: a dying engine tears down process-wide state a later one uses.
-    del judge
     import gc
 
-    gc.collect()
+    with restored_environment():
+        judge = VLLMJudge(str(tiny_dir / "judge"), max_model_len=1024, kv_cache_gib=1)
+        yield judge
+        # Release the engine now: a dying engine tears down process-wide state a later one uses.
+        del judge
+        gc.collect()
 
 
 def demo_chats(demo_dir):

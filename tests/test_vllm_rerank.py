@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import restored_environment
 from unime.rerank import Reranker
 
 pytestmark = pytest.mark.integration
@@ -19,11 +20,12 @@ TOLERANCE = 1e-4  # see tests/test_vllm_judge.py: same weights, prompts and pixe
 @pytest.fixture(scope="module")
 def rerankers(tiny_dir):
     pytest.importorskip("vllm")
-    hf = Reranker(str(tiny_dir / "reranker"), backend="hf", device="cpu")
-    vllm = Reranker(str(tiny_dir / "reranker"), backend="vllm", max_model_len=2048, kv_cache_gib=1)
-    yield hf, vllm
-    del vllm
-    gc.collect()
+    with restored_environment():
+        hf = Reranker(str(tiny_dir / "reranker"), backend="hf", device="cpu")
+        vllm = Reranker(str(tiny_dir / "reranker"), backend="vllm", max_model_len=2048, kv_cache_gib=1)
+        yield hf, vllm
+        del vllm
+        gc.collect()
 
 
 @pytest.mark.parametrize("mode", ["pairwise", "listwise"])

@@ -118,18 +118,36 @@ def _flat_streaming(queries, candidates, pos_sims, pos_rows, k, spec):
     return rows, sims
 
 
+def uniform_sample(candidates: ShardSource, size: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """``size`` rows drawn uniformly without replacement from all shards together (every row
+    when there are fewer), and the total row count, in one pass with ``size`` rows held: each
+    row gets a random key and the ``size`` smallest keys are kept."""
+    rng = np.random.default_rng(seed)
+    keys, kept, total = np.empty(0), None, 0
+    for shard in _shards(candidates):
+        shard = _f32(shard)
+        total += len(shard)
+        keys = np.concatenate([keys, rng.random(len(shard))])
+        kept = shard if kept is None else np.concatenate([kept, shard])
+        if len(keys) > size:
+            keep = np.argpartition(keys, size - 1)[:size]
+            keys, kept = keys[keep], kept[keep]
+    return kept, total
+
+
 def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
     import faiss
 
-    index = None
-    for shard in _shards(candidates):
-        shard = _f32(shard)
-        if index is None:  # train the coarse quantiser on the first shard(s)' sample
-            quantiser = faiss.IndexFlatIP(shard.shape[1])
-            nlist = max(1, min(spec.nlist, len(shard) // 39))  # FAISS wants >= 39 points per list
-            index = faiss.IndexIVFFlat(quantiser, shard.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(shard[: spec.train_size])
-        index.add(shard)
+    # The coarse quantiser learns from a uniform sample of the whole pool: shards come sorted
+    # (the embed stage orders items by length), so the first shard alone would place every
+    # cluster among short text items and recall would drop with no error.
+    sample, total = uniform_sample(candidates, spec.train_size)
+    nlist = max(1, min(spec.nlist, len(sample) // 39))  # FAISS wants >= 39 training points per list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist,
+                               faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)
+    for shard in _shards(candidates):  # a second pass: shard loaders run again
+        index.add(_f32(shard))
     index.nprobe = min(spec.nprobe, index.nlist)
     return _search_below(_to_device(index, spec), queries, pos_sims, pos_rows, 0, k)
 

@@ -13,9 +13,38 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def ray_gpu_ids() -> list:
+    """GPUs Ray assigned to this worker (empty outside Ray or when none were asked for)."""
+    import sys
+
+    if "ray" not in sys.modules:  # never import Ray just to learn that it is not running
+        return []
+    import ray
+
+    return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+
+
+def no_cuda_error(why: str) -> RuntimeError:
+    import socket
+
+    return RuntimeError(
+        f"{why}, but torch sees no CUDA device on node {socket.gethostname()} (torch {torch.__version__}, built "
+        f"for CUDA {torch.version.cuda}): the node's driver or image does not match the installed torch "
+        "(README, Clusters: the driver and CUDA versions the images need). Refusing to run on the CPU instead.")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else the CPU, except in a Ray worker that was given a GPU:
+    there a missing CUDA is an error, never a silent CPU run. ``cuda`` without CUDA: an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        assigned = ray_gpu_ids()
+        if assigned:
+            raise no_cuda_error(f"this Ray worker was given GPU(s) {assigned}")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise no_cuda_error(f"device {name!r} was asked for")
     return torch.device(name)
 
 
