@@ -24,9 +24,9 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def vllm_judge(tiny_dir):
     pytest.importorskip("vllm")
-    from unime.judge.vllm_backend import VLLMJudge
-
     import gc
+
+    from unime.judge.vllm_backend import VLLMJudge
 
     with restored_environment():
         judge = VLLMJudge(str(tiny_dir / "judge"), max_model_len=1024, kv_cache_gib=1)
