@@ -109,7 +109,7 @@ def bench_ray(model: str, requests, image_root: Path, shards: int) -> dict[str, 
                     write_parquet(requests.slice(shard * size, size), shard_path(run_dir, "requests", shard))
                 dataset = ray.data.from_items([{"shard": s} for s in range(shards)], override_num_blocks=shards)
                 kwargs = {"backend": "vllm", "model": model, "dtype": "float32", "device": "cpu",
-                          "judge_options": {"max_model_len": 2048, "kv_cache_gib": 1}, "run_dir": run_dir,
+                          "judge_options": {"max_model_len": 2048, "engine": {"kv_cache_gib": 1}}, "run_dir": run_dir,
                           "image_root": str(image_root), "limits": {}, "storage_options": {},
                           "queries_per_call": 8, "hf_batch_size": 16}
                 out = dataset.map_batches(JudgeShards, batch_size=1, batch_format="numpy", fn_constructor_kwargs=kwargs,

@@ -99,3 +99,20 @@ def test_unime_v2_configs_feed_the_authors_inputs():
     assert (released.models.input_format, released.models.image_resolution) == ("unime-v2", "high")
     assert released.eval.rerank_modes[0] == "listwise-greedy"
     assert load_config(None).models.input_format == "qwen2-vl-native"
+
+
+def test_vllm_engine_options_apply_per_device():
+    """GPU-only sizing only on a GPU; eager (no CUDA graphs) on CPUs unless the config says."""
+    from unime.config import VLLMEngineConfig
+    from unime.judge.vllm_backend import engine_arguments
+
+    engine = VLLMEngineConfig(gpu_memory_utilization=0.8, max_num_batched_tokens=16384, max_num_seqs=256)
+    assert engine_arguments(engine, on_gpu=True) == {"enforce_eager": False, "gpu_memory_utilization": 0.8,
+                                                     "max_num_batched_tokens": 16384, "max_num_seqs": 256}
+    assert engine_arguments(engine, on_gpu=False) == {"enforce_eager": True, "max_num_batched_tokens": 16384,
+                                                      "max_num_seqs": 256}
+    assert engine_arguments(VLLMEngineConfig(enforce_eager=True), on_gpu=True)["enforce_eager"] is True
+    config = load_config(Path(__file__).parent.parent / "configs" / "qwen2vl_2b.yaml")
+    assert config.judge.engine.gpu_memory_utilization == 0.9 and config.judge.engine.max_num_seqs == 256
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        load_config(None, ["judge.engine.gpu_memory_utilization=1.5"])

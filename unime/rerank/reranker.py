@@ -82,11 +82,12 @@ class HFRerankerBackend:
 
 class VLLMRerankerBackend:
     def __init__(self, name_or_path: str, dtype: str, min_pixels, max_pixels, max_model_len: int = 8192,
-                 kv_cache_gib: float = 4.0, **recipe):
+                 kv_cache_gib: float | None = None, engine: dict | None = None, **recipe):
         from unime.judge.vllm_backend import VLLMJudge
 
         self.judge = VLLMJudge(name_or_path, dtype=dtype, max_model_len=max_model_len, min_pixels=min_pixels,
-                               max_pixels=max_pixels, kv_cache_gib=kv_cache_gib, max_images_per_prompt=16, **recipe)
+                               max_pixels=max_pixels, kv_cache_gib=kv_cache_gib, max_images_per_prompt=16,
+                               engine=engine, **recipe)
         self.processor = self.judge.processor
 
     def p_yes(self, chats: list[list[dict]]) -> np.ndarray:
