@@ -132,3 +132,18 @@ def test_greedy_mode_reports_misses(reranker):
     assert ranking.order == greedy_order(choice, len(CANDIDATES))  # a miss keeps the retrieved order
     with pytest.raises(ValueError, match="unknown rerank mode"):
         reranker.rank(("q", None), CANDIDATES, mode="bogus")
+
+
+@pytest.mark.parametrize("input_format", ["qwen2-vl-native", "unime-v2"])
+def test_every_reranker_of_a_run_gets_the_judges_image_budget(tiny_dir, input_format):
+    """Training, evaluation and Serve build their rerankers from ``reranker_inputs()``: a large
+    image never becomes more than max_pixels / 28^2 tokens, whichever recipe."""
+    from unime.config import load_config
+
+    config = load_config(None, [f"models.input_format={input_format}", "judge.max_pixels=6272"])
+    inputs = config.reranker_inputs()
+    assert (inputs["min_pixels"], inputs["max_pixels"]) == (3136, 6272)  # below the checkpoint's 12544
+    reranker = Reranker(str(tiny_dir / "reranker"), device="cpu", **inputs)
+    huge = Image.new("RGB", (1700, 2200), (10, 20, 30))
+    batch = reranker.backend.judge.encode([build_pairwise_messages("q", None, "c", huge)])
+    assert int(batch["image_grid_thw"][0].prod()) * 14 * 14 <= 6272

@@ -46,12 +46,14 @@ class RerankBatch:
 
     def __init__(self, model: str, backend: str, modes: list[str], dtype: str, device: str, image_root: str,
                  limits: dict, storage_options: dict, input_format: str = "qwen2-vl-native",
-                 image_resolution: str | None = None, max_model_len: int = 8192, engine: dict | None = None):
+                 image_resolution: str | None = None, max_model_len: int = 8192, engine: dict | None = None,
+                 min_pixels: int | None = None, max_pixels: int | None = None):
         from unime.rerank import Reranker
 
         engine = {"max_model_len": max_model_len, "engine": engine} if backend == "vllm" else {}
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, input_format=input_format,
-                                 image_resolution=image_resolution, **engine)
+                                 image_resolution=image_resolution, min_pixels=min_pixels, max_pixels=max_pixels,
+                                 **engine)
         self.modes = modes
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
 
@@ -96,9 +98,7 @@ def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
                                "modes": list(config.eval.rerank_modes), "dtype": config.models.dtype,
                                "device": config.models.device, "image_root": data.image_root,
                                "limits": asdict(data.limits), "storage_options": data.storage_options,
-                               "input_format": config.models.input_format,
-                               "image_resolution": config.models.image_resolution,
-                               "max_model_len": config.eval.rerank_max_model_len,
+                               **config.reranker_inputs(), "max_model_len": config.eval.rerank_max_model_len,
                                "engine": asdict(config.eval.rerank_engine)},
         **actor_options(config.eval.actors)).take_all())
 

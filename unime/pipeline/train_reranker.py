@@ -36,7 +36,7 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "storage_options": data.storage_options, "seed": train.seed,
-                           "input_format": models.input_format, "image_resolution": models.image_resolution},
+                           **config.reranker_inputs()},
     }
     return torch_trainer(train_loop_per_worker, loop_config, train, config.run_dir, STAGE, name,
                          {"train": ray.data.from_arrow(table)}, data.storage_options)

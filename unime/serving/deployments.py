@@ -224,6 +224,7 @@ def build_app(config):
         EmbedderDeployment.options(ray_actor_options=model).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
         RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options, inputs),
-        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device, inputs),
+        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device,
+                                                                 config.reranker_inputs()),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options)
