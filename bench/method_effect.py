@@ -1,4 +1,4 @@
-"""Does the method work? UniME-V2 against InfoNCE on the demo corpus (issue 9).
+"""Does the method work? UniME-V2 against InfoNCE on the demo corpus.
 
     python bench/method_effect.py                       # configs/method_effect.yaml, ~55 min here
     python bench/method_effect.py seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
@@ -237,7 +237,7 @@ def run(config: me.MethodEffectConfig) -> dict:
 
     # Every seed's base: InfoNCE from that seed's random init (the analogue of the paper's
     # pretrained backbone); the first seed's base is the off-the-shelf retriever of the
-    # mining pool (METHOD.md section 2). Every arm then fine-tunes its seed's base.
+    # mining pool (docs/method.md section 2). Every arm then fine-tunes its seed's base.
     bases = {seed: train_base(exp, seed) for seed in config.seeds}
     retrieval_key = me.fingerprint(bases[config.seeds[0]][1], config.mining.pool_size)
     pools = retrieval(exp, bases[config.seeds[0]][0], retrieval_key)

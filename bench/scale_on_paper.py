@@ -7,7 +7,7 @@ Measured on this machine in this run: the dense matmul peak; the model FLOP util
 training step (GradCache), both on the ~100M-parameter Qwen2-VL/Qwen2.5-VL configs; the
 FLOP rate of exact FAISS search; the tokens of a judge prompt and the bytes per judge
 score row. Carried to the cluster: the same MFUs at H100 dense BF16 peak, the paper's
-models and image sizes (METHOD.md), and MMEB-train's size. Stated assumptions: DDP and
+models and image sizes (docs/method.md), and MMEB-train's size. Stated assumptions: DDP and
 judge sharding scale linearly in nodes (global batch and steps fixed), exact FAISS search
 scales linearly in cores. Everything printed is either measured here or a stated constant.
 """
@@ -31,7 +31,7 @@ H100_BF16_PEAK = 989e12  # dense, SXM
 JUDGE_PARAMS = 8.3e9  # Qwen2.5-VL-7B-Instruct, language model + vision tower
 EMBEDDER_PARAMS = 2.2e9  # Qwen2-VL-2B-Instruct
 JUDGE_IMAGE_TOKENS = 235200 // (28 * 28)  # judge.max_pixels in configs/qwen2vl_2b.yaml
-TRAIN_IMAGE_TOKENS = 451584 // (28 * 28)  # 672x672 training images (METHOD.md)
+TRAIN_IMAGE_TOKENS = 451584 // (28 * 28)  # 672x672 training images (docs/method.md)
 EMBED_DIM = 1536  # Qwen2-VL-2B hidden size: the pooled embedding
 CANDIDATES_PER_QUERY = 1.0  # MMEB-train: about one distinct positive per query (the global pool)
 TRAIN = {"gpus_per_node": 8, "queries_per_gpu": 64, "sequences_per_query": 10, "steps": 2000}  # 1 + pos + 8 negs

@@ -1,4 +1,4 @@
-"""The released UniME-V2 record format (METHOD.md section 1) round-trips byte-for-byte."""
+"""The released UniME-V2 record format (docs/method.md section 1) round-trips byte-for-byte."""
 
 from __future__ import annotations
 

@@ -225,7 +225,7 @@ class FaultInjection:
 
 @dataclass
 class MiningConfig:
-    """Global retrieval and hard-negative mining (METHOD.md sections 2 and 4)."""
+    """Global retrieval and hard-negative mining (docs/method.md sections 2 and 4)."""
 
     pool_size: int = 50
     num_negatives: int = 10
@@ -243,7 +243,7 @@ class MiningConfig:
 
 @dataclass
 class JudgeConfig:
-    """MLLM-as-a-judge (METHOD.md section 3); pixel bounds of the released reranker code.
+    """MLLM-as-a-judge (docs/method.md section 3); pixel bounds of the released reranker code.
 
     Queries are judged in shards of ``shard_size`` queries, each committed to its own file;
     ``queries_per_call`` queries (each with its positive and pool) go to the engine at once.
@@ -280,7 +280,7 @@ PLACEMENT_KEYS = tuple(f.name for f in dataclasses.fields(TrainPlacement) if f.n
 
 @dataclass
 class EmbedderTrainConfig(TrainPlacement):
-    """UniME-V2 embedder training (METHOD.md section 5): paper values as defaults."""
+    """UniME-V2 embedder training (docs/method.md section 5): paper values as defaults."""
 
     queries_per_worker: int = 64
     num_hard_negatives: int = 8
@@ -320,7 +320,7 @@ class EmbedderTrainConfig(TrainPlacement):
 
 @dataclass
 class RerankerTrainConfig(TrainPlacement):
-    """UniME-V2 reranker training (METHOD.md section 6): paper values as defaults."""
+    """UniME-V2 reranker training (docs/method.md section 6): paper values as defaults."""
 
     effective_batch_size: int = 32
     micro_batch_size: int = 4

@@ -8,7 +8,7 @@ shape or colour, an answer matches the scene's answer to the question, an image 
 caption it fits, a crop matches the object a grounding query names. Matching is within a
 task: a shape label is no caption, so it never answers an image-to-text query.
 
-This is what the method experiment (issue 9) measures against: the false-negative filter's
+This is what the method experiment measures against: the false-negative filter's
 precision and recall, a judge's AUC, and the upper-bound "label judge".
 """
 

@@ -1,4 +1,4 @@
-"""Training losses, one per function (METHOD.md sections 5 and 6)."""
+"""Training losses, one per function (docs/method.md sections 5 and 6)."""
 
 from __future__ import annotations
 

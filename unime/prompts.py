@@ -1,4 +1,4 @@
-"""The method's prompt texts (METHOD.md sections 1, 3 and 6), in one place."""
+"""The method's prompt texts (docs/method.md sections 1, 3 and 6), in one place."""
 
 import re
 

@@ -15,7 +15,7 @@ PAIR = pa.schema([
     ("row_index", pa.int64()),
 ])
 
-# A mined record: the released UniME-V2 training format (METHOD.md section 1).
+# A mined record: the released UniME-V2 training format (docs/method.md section 1).
 MINED = pa.schema([
     ("query_text", pa.string()),
     ("query_image", pa.string()),

@@ -1,5 +1,5 @@
 """MMEB's 36 datasets, their meta-task and IND/OOD groups, aggregation, and the published
-numbers (METHOD.md sections 7 and 8)."""
+numbers (docs/method.md sections 7 and 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The method experiment (issue 9): UniME-V2 against InfoNCE on the demo corpus, where the
+"""The method experiment: UniME-V2 against InfoNCE on the demo corpus, where the
 ground truth of every pair is known.
 
 Components, each usable alone; ``bench/method_effect.py`` is the recipe that runs them:
@@ -22,7 +22,7 @@ The arms share data, model size, steps and seeds:
   as hard negatives, no judge (so no false-negative filter);
 - ``unime``: judge-filtered hard negatives and the soft-label symmetric KL (UniME-V2);
 - ``unime_inbatch``: ``unime`` plus ``infonce_hard``'s InfoNCE with in-batch negatives
-  (METHOD.md: not in the released trainer, a reasonable option): separates what the judge
+  (docs/method.md: not in the released trainer, a reasonable option): separates what the judge
   adds from what in-batch negatives add;
 - ``unime_label`` and ``unime_label_inbatch``: the same two with the label judge (ground
   truth): the upper bound;
@@ -113,7 +113,7 @@ class JudgeRecipe(ChatRecipe):
 
 @dataclass
 class RerankerRecipe(ChatRecipe):
-    """The reranker trained on judge-mined records (METHOD.md section 6). ``judge``: whose
+    """The reranker trained on judge-mined records (docs/method.md section 6). ``judge``: whose
     records train it; it reorders the matching arm's embedder (``unime`` for the trained
     judge, ``unime_label`` for the label judge). With ``answer_loss: yes_no`` it trains on the
     records' pairwise chats only."""
@@ -300,7 +300,7 @@ def _batches(rows: list[dict], size: int, steps: int, seed: int, group: int = 1)
 
 
 def retrieval_pools(embedder, pairs: pa.Table, images, pool_size: int, batch_size: int) -> pa.Table:
-    """The global pool of every pair (METHOD.md section 2) as the retrieve stage writes it."""
+    """The global pool of every pair (docs/method.md section 2) as the retrieve stage writes it."""
     from unime.mining import retrieve_pool
 
     rows = pairs.to_pylist()
@@ -337,7 +337,7 @@ def judge_requests(pools: pa.Table, items: pa.Table) -> list[tuple[str, str]]:
 
 def score_pairs(judge, pairs: list[tuple[str, str, str, str]], images, batch_size: int) -> np.ndarray:
     """P(Yes) of an MLLM judge (:class:`unime.judge.HFJudge`) for ``(query text, query image,
-    candidate text, candidate image)`` pairs (image paths), the judge chat of METHOD.md section 3."""
+    candidate text, candidate image)`` pairs (image paths), the judge chat of docs/method.md section 3."""
     from unime.judge.prompts import build_judge_messages
 
     chats = [build_judge_messages(qt, images.get(qi), ct, images.get(ci)) for qt, qi, ct, ci in pairs]

@@ -1,6 +1,6 @@
 """The label judge: scores a pair from the demo corpus's ground truth, not from pixels.
 
-An upper bound for the method experiment (issue 9): a judge that is never wrong about the
+An upper bound for the method experiment: a judge that is never wrong about the
 demo corpus. It plugs into the judge stage like the MLLM judges (``judge.backend: label``,
 ``judge.model``: the corpus folder with ``attributes.parquet``) and scores
 ``(query_text, query_image, candidate_text, candidate_image)`` tuples (image paths as the

@@ -1,4 +1,4 @@
-"""The judge's chat (METHOD.md section 3), shared by every judge backend and the reranker."""
+"""The judge's chat (docs/method.md section 3), shared by every judge backend and the reranker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Global retrieval of the potential hard-negative pool (METHOD.md section 2), on FAISS.
+"""Global retrieval of the potential hard-negative pool (docs/method.md section 2), on FAISS.
 
 For each query the pool is the ``k`` most similar candidates among those strictly less
 similar than the query's own positive: the positive is never returned, and anything at

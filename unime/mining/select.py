@@ -1,4 +1,4 @@
-"""Hard-negative selection with the judge's false-negative filter (METHOD.md section 4)."""
+"""Hard-negative selection with the judge's false-negative filter (docs/method.md section 4)."""
 
 from __future__ import annotations
 

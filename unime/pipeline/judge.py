@@ -1,4 +1,4 @@
-"""Judge stage: P(Yes) of every (query, candidate) pair that mining needs (METHOD.md section 3).
+"""Judge stage: P(Yes) of every (query, candidate) pair that mining needs (docs/method.md section 3).
 
 Each query is judged against its positive and its pool (~51 pairs). Pairs are grouped by
 query, queries are cut into shards of ``judge.shard_size``, and an actor pool (one judge

@@ -1,4 +1,4 @@
-"""Retrieve stage: the global potential-hard-negative pool of every pair (METHOD.md section 2).
+"""Retrieve stage: the global potential-hard-negative pool of every pair (docs/method.md section 2).
 
 Candidates (the positives of all datasets, de-duplicated) are streamed shard by shard from
 the embed stage's parquet files into :func:`unime.mining.retrieve_pool`; queries go in

@@ -1,4 +1,4 @@
-"""The reranker's chats (METHOD.md section 6): pairwise (the judge prompt) and listwise."""
+"""The reranker's chats (docs/method.md section 6): pairwise (the judge prompt) and listwise."""
 
 from __future__ import annotations
 

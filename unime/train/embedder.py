@@ -1,4 +1,4 @@
-"""The UniME-V2 embedder trainer: soft-label alignment over mined records (METHOD.md section 5).
+"""The UniME-V2 embedder trainer: soft-label alignment over mined records (docs/method.md section 5).
 
 Per query the candidates are [positive, hn_1..hn_K] with judge scores [s_pos, s_1..s_K];
 the loss is :func:`unime.losses.soft_kl_alignment` (plus an optional InfoNCE term, or InfoNCE

@@ -1,4 +1,4 @@
-"""The UniME-V2 reranker trainer (METHOD.md section 6).
+"""The UniME-V2 reranker trainer (docs/method.md section 6).
 
 Each mined record yields three chats (pairwise positive -> "Yes", pairwise with the first
 hard negative -> "No", listwise over the first five hard negatives with the positive at a
