@@ -218,3 +218,15 @@ def check_vllm_against_the_authors(reranker_dir, judge, pairwise, want_p_yes):
     finally:
         del engine
         gc.collect()
+
+
+def test_an_image_shared_by_chats_is_prepared_once(monkeypatch):
+    """A query's image recurs in its ~51 judge chats: resized once per batch, not per chat."""
+    recipe = get_recipe("unime-v2")
+    calls = []
+    original = recipe.rerank_image
+    monkeypatch.setattr(type(recipe), "rerank_image", lambda self, *a: calls.append(1) or original(*a))
+    shared: dict = {}
+    chats = [recipe.prepare_chat(build_pairwise_messages(*QUERY, *c), "high", None, shared) for c in CANDIDATES]
+    assert len(calls) == 1 + 3  # the query's image once, plus the three image candidates
+    assert all(chat[0]["content"][2]["image"] is chats[0][0]["content"][2]["image"] for chat in chats)

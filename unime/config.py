@@ -368,12 +368,16 @@ class PipelineConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
+    def model_inputs(self) -> dict[str, Any]:
+        """The input recipe and image resolution every model of the run is fed with (and what
+        every model stage's fingerprint and the index manifest record)."""
+        return {"input_format": self.models.input_format, "image_resolution": self.models.image_resolution}
+
     def reranker_inputs(self) -> dict[str, Any]:
         """How every reranker of the run is fed, in training, evaluation and Serve alike: the
         input recipe and the judge's image budget (the reranker is of the judge's family; an
         unbounded Qwen2.5-VL processor lets one image become ~16k tokens)."""
-        return {"input_format": self.models.input_format, "image_resolution": self.models.image_resolution,
-                "min_pixels": self.judge.min_pixels, "max_pixels": self.judge.max_pixels}
+        return self.model_inputs() | {"min_pixels": self.judge.min_pixels, "max_pixels": self.judge.max_pixels}
 
 
 def _check(condition: bool, name: str, message: str) -> None:

@@ -36,19 +36,23 @@ class ChatInputs:
 
     def __init__(self, name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval"):
-        from unime.models.embedder import log_pixel_bounds
-        from unime.models.processor import load_processor
+        from unime.models.processor import load_processor, log_pixel_bounds
         from unime.models.recipes import get_recipe
 
         self.recipe = get_recipe(input_format)
         self.image_resolution = self.recipe.resolution_for(use, image_resolution)
-        processor_bounds, self.fit_pixels = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
-        self.processor = load_processor(name_or_path, pil_images=self.recipe.pil_image_processor, **processor_bounds)
+        # bounds the processor applies (the vLLM engine's processor gets the same) and the budget
+        # the recipe fits images into before it
+        self.processor_bounds, self.fit_pixels = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
+        self.processor = load_processor(name_or_path, pil_images=self.recipe.pil_image_processor,
+                                        **self.processor_bounds)
         log_pixel_bounds(name_or_path, self.processor, self.recipe.name, self.image_resolution)
 
     def prepare(self, chats: list[list[dict]]) -> list[list[dict]]:
-        """Chats with raw texts cleaned and PIL images resized as the recipe says."""
-        return [self.recipe.prepare_chat(chat, self.image_resolution, self.fit_pixels) for chat in chats]
+        """Chats with raw texts cleaned and PIL images resized as the recipe says (an image
+        shared by several chats, e.g. a query's, is prepared once)."""
+        shared: dict = {}
+        return [self.recipe.prepare_chat(chat, self.image_resolution, self.fit_pixels, shared) for chat in chats]
 
     def prompt_texts(self, chats: list[list[dict]]) -> list[str]:
         """Prompt texts of chats already :meth:`prepare`-d."""

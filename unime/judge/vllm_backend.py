@@ -60,12 +60,10 @@ class VLLMJudge(ChatInputs):
         from vllm import LLM, SamplingParams
 
         super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
-        # the engine's processor gets the same overrides as ours (none when the recipe fits images)
-        pixel_bounds, _ = self.recipe.rerank_pixel_bounds(min_pixels, max_pixels)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enable_prefix_caching=prefix_caching, limit_mm_per_prompt={"image": max_images_per_prompt},
-                       mm_processor_kwargs=pixel_bounds or None, **engine_arguments(engine, on_gpu))
+                       mm_processor_kwargs=self.processor_bounds or None, **engine_arguments(engine, on_gpu))
         # logprobs must equal the number of requested ids.
         self.params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
                                      logprob_token_ids=[self.yes_id, self.no_id])

@@ -141,7 +141,7 @@ def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
     # The coarse quantiser learns from a uniform sample of the whole pool: shards come sorted
     # (the embed stage orders items by length), so the first shard alone would place every
     # cluster among short text items and recall would drop with no error.
-    sample, total = uniform_sample(candidates, spec.train_size)
+    sample, _ = uniform_sample(candidates, spec.train_size)
     nlist = max(1, min(spec.nlist, len(sample) // 39))  # FAISS wants >= 39 training points per list
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist,
                                faiss.METRIC_INNER_PRODUCT)

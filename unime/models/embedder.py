@@ -19,11 +19,6 @@ class EmbedItem:
     image: Any = None
 
 
-def format_embedding_text(text: str, has_image: bool, input_format: str = "qwen2-vl-native") -> str:
-    """MMEB text -> the embedder's text under an input recipe (see :mod:`unime.models.recipes`)."""
-    return get_recipe(input_format).embed_text(text, has_image)
-
-
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Hidden state of each sequence's last real token, for left or right padding."""
     if bool(attention_mask[:, -1].all()):  # left padding: the last position is always real
@@ -52,17 +47,18 @@ class Embedder:
     Embedding = L2-normalised last-layer hidden state of the last token (left padding),
     as in VLM2Vec and UniME-V2. ``input_format`` names the input recipe (placeholder, positions,
     image resize, truncation; :mod:`unime.models.recipes`) and ``image_resolution`` its image
-    size (None: the recipe's default for evaluation).
+    size (None: the recipe's default for ``use``, e.g. ``train_embedder``).
     """
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None,
-                 input_format: str = "qwen2-vl-native", image_resolution: Resolution | None = None):
+                 input_format: str = "qwen2-vl-native", image_resolution: Resolution | None = None,
+                 use: str = "eval"):
         from unime.models.loading import load_model
-        from unime.models.processor import load_processor
+        from unime.models.processor import load_processor, log_pixel_bounds
 
         self.recipe = get_recipe(input_format)
-        self.image_resolution = self.recipe.resolution_for("eval", image_resolution)
+        self.image_resolution = self.recipe.resolution_for(use, image_resolution)
         self.model = load_model(name_or_path, dtype=dtype, device=device)
         self.processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels,
                                         pil_images=self.recipe.pil_image_processor)
@@ -93,15 +89,3 @@ class Embedder:
     def encode(self, items: list[EmbedItem]) -> np.ndarray:
         return self.forward(self.collate(items)).cpu().numpy()
 
-
-def log_pixel_bounds(name_or_path: str, processor, recipe: str, resolution: str) -> None:
-    """Say which pixel bounds the processor applies: a released checkpoint's preprocessor
-    config sets them, and they decide how many tokens an image becomes."""
-    import logging
-
-    image_processor = processor.image_processor
-    bounds = getattr(image_processor, "size", None) or {}
-    logging.getLogger("unime.models").info(
-        "%s: input recipe %s, image resolution %s, processor %s pixels %s..%s", name_or_path, recipe, resolution,
-        type(image_processor).__name__, bounds.get("shortest_edge", getattr(image_processor, "min_pixels", None)),
-        bounds.get("longest_edge", getattr(image_processor, "max_pixels", None)))

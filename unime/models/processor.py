@@ -54,3 +54,16 @@ def load_processor(name_or_path: str, min_pixels: int | None = None, max_pixels:
     return ImageOnlyQwen2VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
     )
+
+
+def log_pixel_bounds(name_or_path: str, processor, recipe: str, resolution: str) -> None:
+    """Say which pixel bounds the processor applies: a released checkpoint's preprocessor
+    config sets them, and they decide how many tokens an image becomes."""
+    import logging
+
+    image_processor = processor.image_processor
+    bounds = getattr(image_processor, "size", None) or {}
+    logging.getLogger("unime.models").info(
+        "%s: input recipe %s, image resolution %s, processor %s pixels %s..%s", name_or_path, recipe, resolution,
+        type(image_processor).__name__, bounds.get("shortest_edge", getattr(image_processor, "min_pixels", None)),
+        bounds.get("longest_edge", getattr(image_processor, "max_pixels", None)))

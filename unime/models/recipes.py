@@ -119,13 +119,15 @@ class InputRecipe:
         height, width = fit_to_budget(image.height, image.width, *bounds)
         return image.resize((width, height))
 
-    def prepare_chat(self, chat: list[dict], resolution: Resolution,
-                     fit_pixels: tuple[int, int] | None = None) -> list[dict]:
+    def prepare_chat(self, chat: list[dict], resolution: Resolution, fit_pixels: tuple[int, int] | None = None,
+                     prepared_images: dict | None = None) -> list[dict]:
         """A judge / reranker chat with texts cleaned and images prepared by this recipe.
 
         Text parts that clean to nothing are dropped: the chat template renders them as
-        nothing either way.
+        nothing either way. ``prepared_images`` (keyed by ``id``) lets chats that share an
+        image, such as a query's ~51 judge chats, resize it once.
         """
+        prepared_images = {} if prepared_images is None else prepared_images
         prepared = []
         for message in chat:
             content = message["content"]
@@ -135,7 +137,10 @@ class InputRecipe:
             parts = []
             for part in content:
                 if part.get("type") == "image":
-                    parts.append({**part, "image": self.rerank_image(part["image"], resolution, fit_pixels)})
+                    key = id(part["image"])
+                    if key not in prepared_images:
+                        prepared_images[key] = self.rerank_image(part["image"], resolution, fit_pixels)
+                    parts.append({**part, "image": prepared_images[key]})
                 elif part.get("type") == "text" and part.get("raw"):
                     cleaned = self.rerank_text(part["text"])
                     if cleaned:

@@ -40,7 +40,7 @@ def run(config: PipelineConfig) -> dict:
     embedder = manifest.trained_or(run_dir, train_embedder, config.index.embedder, config.models.embedder, options)
     pairs, source = corpus_pairs(config)
     stage_fingerprint = manifest.fingerprint({"source": source, "index": asdict(config.index), "embedder": embedder,
-                                              "inputs": [config.models.input_format, config.models.image_resolution],
+                                              "inputs": config.model_inputs(),
                                               "trained": (manifest.read_manifest(run_dir, train_embedder.STAGE, options)
                                                           or {}).get("fingerprint")})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
@@ -51,9 +51,8 @@ def run(config: PipelineConfig) -> dict:
     vectors = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options).vectors(items["id"].to_pylist())
     spec = IndexSpec(config.index.kind, config.index.nlist, config.index.nprobe, config.index.hnsw_m,
                      config.index.hnsw_ef_search)
-    inputs = {"input_format": config.models.input_format, "image_resolution": config.models.image_resolution}
     built = write_index(output_path(run_dir), vectors, items.select(["id", "text", "image"]), embedder, spec, options,
-                        inputs)
+                        config.model_inputs())
     rows = {"items": items.num_rows, "with_image": int(pc.sum(pc.not_equal(items["image"], "")).as_py()),
             "kind": built["kind"], "build_seconds": built["build_seconds"]}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows, "embedder": embedder},

@@ -91,8 +91,7 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
             "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
             "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
-            "stage": stage, "input_format": input_format or config.models.input_format,
-            "image_resolution": config.models.image_resolution,
+            "stage": stage, **(config.model_inputs() | {"input_format": input_format or config.models.input_format}),
         },
         **actor_options(config.embed.actors))
     dataset.write_parquet(inner, filesystem=fs, ray_remote_args=task_options(config.ray.data_task_resources))

@@ -58,7 +58,7 @@ class RerankBatch:
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("top1", "parsed", "hit")}
+        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("parsed", "hit")}
         for row in batch.to_pylist():
             query = (row["qry_text"], self.images.get(row["qry_img_path"]))
             candidates = [(t, self.images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
@@ -66,8 +66,6 @@ class RerankBatch:
             positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
             for mode in self.modes:
                 ranking = self.reranker.rank(query, candidates, mode)
-                top1 = int(row["cand_index"][ranking.order[0]]) if ranking.parsed else -1
-                out[f"{mode}_top1"].append(top1)
                 out[f"{mode}_parsed"].append(bool(ranking.parsed))
                 out[f"{mode}_hit"].append(reranked_hit(ranking.order, ranking.parsed, contents,
                                                        (row["pos_text"], row["pos_image"]), positive_slot))
@@ -137,7 +135,7 @@ def run(config: PipelineConfig) -> dict:
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
                                               "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
-                                              "inputs": [config.models.input_format, config.models.image_resolution]})
+                                              "inputs": config.model_inputs()})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
 

@@ -143,7 +143,7 @@ def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]
     judge.pop("engine")
     model = config.judge.model or config.models.judge
     return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model, "dtype": config.models.dtype,
-                                 "inputs": [config.models.input_format, config.models.image_resolution]}), model
+                                 "inputs": config.model_inputs()}), model
 
 
 def _prepare_shards(config: PipelineConfig, stage_fingerprint: str) -> int:
@@ -189,8 +189,7 @@ def run(config: PipelineConfig) -> dict:
             "backend": judge.backend, "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "judge_options": {"max_model_len": judge.max_model_len, "min_pixels": judge.min_pixels,
                               "max_pixels": judge.max_pixels, "engine": asdict(judge.engine),
-                              "input_format": config.models.input_format,
-                              "image_resolution": config.models.image_resolution},
+                              **config.model_inputs()},
             "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),
             "storage_options": options, "queries_per_call": judge.queries_per_call,
             "hf_batch_size": judge.hf_batch_size, "fail_after_shards": config.faults.judge_fail_after_shards,

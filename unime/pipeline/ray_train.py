@@ -87,7 +87,7 @@ def run_training_stage(config, stage: str, train, base_model: str, build) -> dic
     learned = {k: v for k, v in asdict(train).items() if k not in PLACEMENT_KEYS}
     stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": learned,
                                               "model": base_model, "dtype": config.models.dtype,
-                                              "inputs": [config.models.input_format, config.models.image_resolution]})
+                                              "inputs": config.model_inputs()})
     if manifest.is_complete(run_dir, stage, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, stage, options) | {"skipped": True}
     claim_checkpoints(run_dir, stage, stage_fingerprint, options)

@@ -16,7 +16,6 @@ import numpy as np
 
 from unime.config import PipelineConfig
 from unime.data.storage import join
-from unime.models.recipes import get_recipe
 from unime.pipeline import mine
 from unime.pipeline.common import read_parquet_dir
 from unime.pipeline.ray_train import run_training_stage, torch_trainer
@@ -31,9 +30,7 @@ def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
         "model": models.embedder, "train": asdict(train), "fail_after_step": config.faults.train_fail_after_step,
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
                            "min_pixels": models.min_pixels, "max_pixels": models.max_pixels,
-                           "input_format": models.input_format,
-                           "image_resolution": get_recipe(models.input_format).resolution_for(
-                               "train_embedder", models.image_resolution),
+                           **config.model_inputs(),
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "storage_options": data.storage_options, "seed": train.seed},
     }

@@ -219,7 +219,7 @@ def build_app(config):
     light = {"num_cpus": serve_config.replica_cpus}
     model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {})
     # queries are embedded with the recipe and resolution the index was built with
-    inputs = {"input_format": models.input_format, "image_resolution": models.image_resolution}
+    inputs = config.model_inputs()
     return Ingress.options(ray_actor_options=light).bind(
         EmbedderDeployment.options(ray_actor_options=model).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
