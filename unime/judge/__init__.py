@@ -6,7 +6,7 @@ and ``label``, the demo corpus's ground truth as a judge (an upper bound for exp
 which scores ``(query_text, query_image, candidate_text, candidate_image)`` path tuples.
 """
 
-from unime.judge.hf import HFJudge, p_yes, yes_no_token_ids
+from unime.judge.hf import HFJudge, PromptTooLongError, p_yes, yes_no_token_ids
 from unime.judge.prompts import build_judge_messages, message_images
 from unime.prompts import strip_image_placeholders
 
@@ -16,7 +16,7 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
     inputs = {k: options.get(k) for k in ("min_pixels", "max_pixels", "image_resolution")}
     inputs["input_format"] = options.get("input_format") or "qwen2-vl-native"
     if backend == "hf":
-        return HFJudge(name_or_path, dtype=dtype, device=device, **inputs)
+        return HFJudge(name_or_path, dtype=dtype, device=device, max_model_len=options.get("max_model_len"), **inputs)
     if backend == "vllm":
         from unime.judge.vllm_backend import VLLMJudge
 
@@ -30,5 +30,5 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
     raise ValueError(f"unknown judge backend {backend!r}; expected 'hf', 'vllm' or 'label'")
 
 
-__all__ = ["HFJudge", "build_judge_messages", "make_judge", "message_images", "p_yes",
+__all__ = ["HFJudge", "PromptTooLongError", "build_judge_messages", "make_judge", "message_images", "p_yes",
            "strip_image_placeholders", "yes_no_token_ids"]

@@ -9,6 +9,24 @@ from unime.judge.prompts import message_images
 from unime.prompts import NO, YES
 
 
+class PromptTooLongError(ValueError):
+    """A prompt longer than the model's token budget (``max_model_len``): refused, not truncated
+    (a truncated judge or reranker prompt loses its candidates or its question)."""
+
+
+def check_prompt_lengths(attention_mask: torch.Tensor, max_model_len: int | None, generated: int = 1) -> None:
+    """Raise :class:`PromptTooLongError` naming each sequence of the batch that, with
+    ``generated`` tokens to come (vLLM's rule: at least one), exceeds the budget."""
+    if max_model_len is None:
+        return
+    lengths = attention_mask.sum(dim=1).tolist()
+    over = [(k, n) for k, n in enumerate(lengths) if n + generated > max_model_len]
+    if over:
+        listed = ", ".join(f"prompt {k}: {n} tokens" for k, n in over[:5])
+        raise PromptTooLongError(f"{listed} (+{generated} to generate) exceed max_model_len={max_model_len} "
+                                 "(text and image tokens)")
+
+
 def yes_no_token_ids(tokenizer) -> tuple[int, int]:
     """Ids of "Yes" and "No" as the tokenizer encodes them; each must be one token."""
     ids = []
@@ -31,11 +49,13 @@ class ChatInputs:
 
     ``input_format`` names the recipe (:mod:`unime.models.recipes`); ``image_resolution`` its
     image size (None: the recipe's default for ``use``); ``min/max_pixels`` the image budget,
-    applied by the recipe before the processor or by the processor, as the recipe says.
+    applied by the recipe before the processor or by the processor, as the recipe says;
+    ``max_model_len`` the token budget of one prompt (None: unbounded).
     """
 
     def __init__(self, name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
-                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval"):
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval",
+                 max_model_len: int | None = None):
         from unime.models.processor import load_processor, log_pixel_bounds
         from unime.models.recipes import get_recipe
 
@@ -47,6 +67,7 @@ class ChatInputs:
         self.processor = load_processor(name_or_path, pil_images=self.recipe.pil_image_processor,
                                         **self.processor_bounds)
         log_pixel_bounds(name_or_path, self.processor, self.recipe.name, self.image_resolution)
+        self.max_model_len = max_model_len
 
     def prepare(self, chats: list[list[dict]]) -> list[list[dict]]:
         """Chats with raw texts cleaned and PIL images resized as the recipe says (an image
@@ -64,10 +85,12 @@ class HFJudge(ChatInputs):
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None,
-                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
+                 max_model_len: int | None = None):
         from unime.models.loading import load_model
 
-        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
+        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution,
+                         max_model_len=max_model_len)
         self.model = load_model(name_or_path, dtype=dtype, device=device)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
 
@@ -76,8 +99,9 @@ class HFJudge(ChatInputs):
         chats = self.prepare(chats)
         texts = [text + (suffixes[k] if suffixes else "") for k, text in enumerate(self.prompt_texts(chats))]
         images = [image for chat in chats for image in message_images(chat)]
-        return self.processor(text=texts, images=images or None, padding=True,
-                              return_tensors="pt").to(self.model.device)
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        check_prompt_lengths(batch["attention_mask"], self.max_model_len)
+        return batch.to(self.model.device)
 
     @torch.inference_mode()
     def first_token_logits(self, chats: list[list[dict]]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from unime.config import VLLMEngineConfig
-from unime.judge.hf import ChatInputs, yes_no_token_ids
+from unime.judge.hf import ChatInputs, PromptTooLongError, yes_no_token_ids
 from unime.judge.prompts import message_images
 
 
@@ -61,8 +61,9 @@ class VLLMJudge(ChatInputs):
 
         super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
+        self.max_images_per_prompt = engine.max_images_per_prompt or max_images_per_prompt
         self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       enable_prefix_caching=prefix_caching, limit_mm_per_prompt={"image": max_images_per_prompt},
+                       enable_prefix_caching=prefix_caching, limit_mm_per_prompt={"image": self.max_images_per_prompt},
                        mm_processor_kwargs=self.processor_bounds or None, **engine_arguments(engine, on_gpu))
         # logprobs must equal the number of requested ids.
         self.params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2,
@@ -87,9 +88,21 @@ class VLLMJudge(ChatInputs):
             prompts.append({"prompt": text, "multi_modal_data": {"image": images}} if images else {"prompt": text})
         return prompts
 
+    def generate(self, prompts: list[dict], params) -> list:
+        """``LLM.generate``; a prompt over ``max_model_len`` raises :class:`PromptTooLongError`,
+        as on the HF path."""
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except VLLMValidationError as exc:
+            if any(words in str(exc) for words in ("maximum model length", "maximum context length")):
+                raise PromptTooLongError(str(exc)) from exc
+            raise
+
     def score(self, chats: list[list[dict]]) -> np.ndarray:
         """P(Yes) for each chat, all chats in one engine call; images must be PIL images."""
-        outputs = self.llm.generate(self.engine_prompts(chats), self.params, use_tqdm=False)
+        outputs = self.generate(self.engine_prompts(chats), self.params)
         scores = []
         for output in outputs:
             logprobs = output.outputs[0].logprobs[0]

@@ -42,7 +42,11 @@ STAGE = "evaluate"
 
 
 class RerankBatch:
-    """Ray Data callable class: loads the reranker once; reorders each row's top-k per mode."""
+    """Ray Data callable class: loads the reranker once; reorders each row's top-k per mode.
+
+    A row whose prompt exceeds the reranker's token budget is a miss in that mode, with the
+    reason kept (``{mode}_error``), never a failed stage.
+    """
 
     def __init__(self, model: str, backend: str, modes: list[str], dtype: str, device: str, image_root: str,
                  limits: dict, storage_options: dict, input_format: str = "qwen2-vl-native",
@@ -50,25 +54,34 @@ class RerankBatch:
                  min_pixels: int | None = None, max_pixels: int | None = None):
         from unime.rerank import Reranker
 
-        engine = {"max_model_len": max_model_len, "engine": engine} if backend == "vllm" else {}
+        engine = {"engine": engine} if backend == "vllm" else {}
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, input_format=input_format,
                                  image_resolution=image_resolution, min_pixels=min_pixels, max_pixels=max_pixels,
-                                 **engine)
+                                 max_model_len=max_model_len, **engine)
         self.modes = modes
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
 
+    def rank(self, query, candidates, mode: str):
+        from unime.judge import PromptTooLongError
+
+        try:
+            return self.reranker.rank(query, candidates, mode), ""
+        except PromptTooLongError as exc:
+            return None, str(exc)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("parsed", "hit")}
+        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("parsed", "hit", "error")}
         for row in batch.to_pylist():
             query = (row["qry_text"], self.images.get(row["qry_img_path"]))
             candidates = [(t, self.images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
             contents = list(zip(row["cand_texts"], row["cand_images"]))
             positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
             for mode in self.modes:
-                ranking = self.reranker.rank(query, candidates, mode)
-                out[f"{mode}_parsed"].append(bool(ranking.parsed))
-                out[f"{mode}_hit"].append(reranked_hit(ranking.order, ranking.parsed, contents,
-                                                       (row["pos_text"], row["pos_image"]), positive_slot))
+                ranking, error = self.rank(query, candidates, mode)
+                out[f"{mode}_error"].append(error)
+                out[f"{mode}_parsed"].append(bool(ranking and ranking.parsed))
+                out[f"{mode}_hit"].append(ranking is not None and reranked_hit(
+                    ranking.order, ranking.parsed, contents, (row["pos_text"], row["pos_image"]), positive_slot))
         return pa.table({"dataset": batch["dataset"], "row_index": batch["row_index"], **out})
 
 
@@ -96,8 +109,7 @@ def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
                                "modes": list(config.eval.rerank_modes), "dtype": config.models.dtype,
                                "device": config.models.device, "image_root": data.image_root,
                                "limits": asdict(data.limits), "storage_options": data.storage_options,
-                               **config.reranker_inputs(), "max_model_len": config.eval.rerank_max_model_len,
-                               "engine": asdict(config.eval.rerank_engine)},
+                               **config.reranker_inputs(), "engine": asdict(config.eval.rerank_engine)},
         **actor_options(config.eval.actors)).take_all())
 
 
@@ -159,11 +171,15 @@ def run(config: PipelineConfig) -> dict:
     reranked_summary = None
     if config.eval.rerank and config.eval.rerank_modes:
         results = rerank(config, rerank_rows(tables, scores, config.eval.rerank_k), reranker).to_pylist()
+        refused = [{"dataset": r["dataset"], "row_index": r["row_index"], "mode": mode, "reason": r[f"{mode}_error"]}
+                   for r in results for mode in config.eval.rerank_modes if r[f"{mode}_error"]]
+        write_bytes(join(run_dir, STAGE, "rerank_refused.json"), json.dumps(refused, indent=2).encode(), options)
         for name in per_dataset:
             mine = [r for r in results if r["dataset"] == name]
             per_dataset[name]["rerank"] = {
                 mode: {"P@1": 100 * float(np.mean([r[f"{mode}_hit"] for r in mine])),
-                       "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine]))}
+                       "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine])),
+                       "too_long": sum(bool(r[f"{mode}_error"]) for r in mine)}
                 for mode in config.eval.rerank_modes}
         reranked_by_mode = {mode: aggregate({n: d["rerank"][mode]["P@1"] for n, d in per_dataset.items()}, groups)
                             for mode in config.eval.rerank_modes}

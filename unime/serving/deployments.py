@@ -84,15 +84,32 @@ class RetrieverDeployment:
 
 @serve.deployment
 class RerankerDeployment:
-    def __init__(self, model: str, dtype: str = "float32", device: str = "auto", inputs: dict | None = None):
+    """The reranker (``backend`` hf or vllm; a vLLM engine sized by ``engine``), fed the run's
+    reranker inputs: recipe, image budget and token budget."""
+
+    def __init__(self, model: str, dtype: str = "float32", device: str = "auto", inputs: dict | None = None,
+                 backend: str = "hf", engine: dict | None = None):
         from unime.rerank import Reranker
 
-        self.reranker = Reranker(model, dtype=dtype, device=device, **(inputs or {}))
+        options = {"engine": engine} if backend == "vllm" else {}
+        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, **(inputs or {}), **options)
 
     def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
-        ranking = self.reranker.rank(query, candidates, mode)
+        from unime.judge import PromptTooLongError
+
+        try:
+            ranking = self.reranker.rank(query, candidates, mode)
+        except PromptTooLongError as exc:  # the request's fault: a 413 at the ingress, not a 500
+            return {"error": str(exc)}
         return {"order": [int(k) for k in ranking.order], "scores": [float(s) for s in ranking.scores],
                 "parsed": ranking.parsed}
+
+
+def checked(ranking: dict) -> dict:
+    """The reranker's answer, or its refusal (a prompt over the token budget) as a 413."""
+    if "error" in ranking:
+        raise InputError(f"rerank prompt too long: {ranking['error']}", 413)
+    return ranking
 
 
 @contextlib.contextmanager
@@ -186,7 +203,7 @@ class Ingress:
             if request.rerank and hits:
                 head = hits[: request.rerank_k]
                 candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
-                ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
+                ranking = checked(await self.reranker.rank.remote((query[0], query[1]), candidates, mode))
                 for k, score in enumerate(ranking["scores"]):
                     head[k]["rerank_score"] = score
                 hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
@@ -204,7 +221,7 @@ class Ingress:
             mode = self._mode(request.mode)
             query = check_item(request.query, self.limits, "query")
             candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
-            ranking = await self.reranker.rank.remote(query, candidates, mode)
+            ranking = checked(await self.reranker.rank.remote(query, candidates, mode))
         return {"mode": mode, "order": ranking["order"], "scores": ranking["scores"], "parsed": ranking["parsed"]}
 
 
@@ -225,6 +242,7 @@ def build_app(config):
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
         RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options, inputs),
         RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device,
-                                                                 config.reranker_inputs()),
+                                                                 config.reranker_inputs(), serve_config.rerank_backend,
+                                                                 asdict(config.eval.rerank_engine)),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options)

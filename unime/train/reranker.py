@@ -16,9 +16,9 @@ import torch
 
 from unime.config import RerankerTrainConfig
 from unime.data.images import ImageLimits
-from unime.judge.hf import ChatInputs, yes_no_token_ids
+from unime.judge.hf import ChatInputs, check_prompt_lengths, yes_no_token_ids
 from unime.judge.prompts import item_parts
-from unime.losses import answer_cross_entropy, choice_cross_entropy
+from unime.losses import IGNORE_INDEX, answer_cross_entropy, choice_cross_entropy
 from unime.models import load_model
 from unime.pipeline.common import ImageCache
 from unime.rerank.encoding import encode_with_answers
@@ -52,6 +52,18 @@ def chat_of(row: dict, images: ImageCache) -> list[dict]:
     return build_listwise_messages(*query, candidates)
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """Positions at the end of every row that hold the answers and the one before each (whose
+    logits predict the first answer token); the answers must end their rows (left padding)."""
+    answered = labels != IGNORE_INDEX
+    lengths = answered.sum(dim=1)
+    columns = torch.arange(labels.shape[1], device=labels.device)
+    at_end = answered == (columns[None] >= labels.shape[1] - lengths[:, None])
+    if not bool(at_end.all()):
+        raise ValueError("answer tokens must end each row (left padding)")
+    return min(labels.shape[1], int(lengths.max()) + 1)
+
+
 class RerankerTrainer(TrainerBase):
     """One worker's reranker state; ``step`` accumulates micro-batches up to the effective batch."""
 
@@ -59,19 +71,26 @@ class RerankerTrainer(TrainerBase):
                  dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
                  max_pixels: int | None = None, image_root: str = "", limits: dict | None = None,
                  storage_options: dict | None = None, seed: int = 0, input_format: str = "qwen2-vl-native",
-                 image_resolution: str | None = None):
+                 image_resolution: str | None = None, max_model_len: int | None = None):
         super().__init__()
         torch.manual_seed(seed)
         self.config = train
         self.model = load_model(model, dtype=dtype, device=device).train()
-        # the input recipe's texts and images, at its reranker-training resolution
-        self.inputs = ChatInputs(model, min_pixels, max_pixels, input_format, image_resolution, use="train_reranker")
+        # the input recipe's texts and images, at its reranker-training resolution, within the
+        # reranker's token budget
+        self.inputs = ChatInputs(model, min_pixels, max_pixels, input_format, image_resolution, use="train_reranker",
+                                 max_model_len=max_model_len)
         self.processor = self.inputs.processor
         self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
                                full_finetune=train.full_finetune)
         if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
             self.model.model.visual.requires_grad_(False)
+        if train.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+            # frozen embeddings give the checkpointed blocks inputs without grad: PEFT's hook
+            # makes them require it, so the adapters inside still get gradients
+            self.model.enable_input_require_grads()
         self.module: torch.nn.Module = self.model
         self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options)
         per_step = train.micro_batch_size * world_size
@@ -96,9 +115,14 @@ class RerankerTrainer(TrainerBase):
                 raise ValueError(f"answer_loss=yes_no trains pairwise chats only; got a {other!r} row")
         chats = self.inputs.prepare([chat_of(r, self.images) for r in rows])
         batch = encode_with_answers(self.processor, chats, [r["answer"] for r in rows])
+        check_prompt_lengths(batch["attention_mask"], self.inputs.max_model_len, generated=0)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        logits = self.module(**batch, use_cache=False).logits
+        # Answers end every (left-padded) row: the LM head runs on the positions that predict
+        # them only, never on the whole [B, L, vocab].
+        keep = answer_window(labels)
+        logits = self.module(**batch, use_cache=False, logits_to_keep=keep).logits
+        labels = labels[:, -keep:]
         if self.config.answer_loss == "yes_no":
             return choice_cross_entropy(logits, labels, self.choice_ids)
         return answer_cross_entropy(logits, labels)
