@@ -229,6 +229,8 @@ def stage_requests(config) -> dict[str, tuple[dict[str, float], int]]:
             actors = value.actors
             bundle = {"CPU": actors.num_cpus, "GPU": actors.num_gpus, **actors.resources}
             requests[f"{section.name}.actors"] = (bundle, actors.num_actors)
+    serve = config.serve  # one embedder or reranker replica
+    requests["serve.models"] = ({"CPU": serve.replica_cpus, "GPU": serve.model_gpus, **serve.model_resources}, 1)
     return requests
 
 
@@ -288,8 +290,7 @@ def test_rayservice_serve_config_validates_and_mirrors_serve_config():
     assert [d["name"] for d in app["deployments"]] == [d["name"] for d in repo_app["deployments"]]
     for deployment, repo_deployment in zip(app["deployments"], repo_app["deployments"]):
         assert deployment["autoscaling_config"] == repo_deployment["autoscaling_config"], deployment["name"]
-        options = {k: v for k, v in deployment["ray_actor_options"].items() if k != "resources"}
-        assert options == repo_deployment["ray_actor_options"], deployment["name"]
+        assert deployment["ray_actor_options"] == repo_deployment["ray_actor_options"], deployment["name"]
 
 
 def test_rayservice_replicas_fit_its_cluster():
@@ -329,3 +330,22 @@ def test_rayjob_runs_the_pipeline_on_the_raycluster():
     assert (set(runtime_env) - {"env_vars"}) & (set(config_env) - {"env_vars"}) == set()
     assert set(runtime_env.get("env_vars", {})) & set(config_env.get("env_vars", {})) == set()
 
+
+
+@pytest.mark.parametrize("config_name", PIPELINE_CONFIGS)
+def test_gpu_configs_serve_their_models_on_the_serve_gpu_nodes(config_name):
+    """A config whose stages run on GPUs serves on GPUs too, on the serve-gpu node type (not on
+    a judge or training node's GPU); serve/config.yaml's model replicas ask for the same."""
+    config = load_config(ROOT / "configs" / config_name)
+    requests = stage_requests(config)
+    (app,) = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())["applications"]
+    serves = "serve" in config.stages or Path(app["args"]["config"]).name == config_name
+    if not serves or not any(bundle.get("GPU") for name, (bundle, _) in requests.items() if name != "serve.models"):
+        return
+    bundle, _ = requests["serve.models"]
+    assert bundle["GPU"] >= 1 and bundle.get("serve_gpu") == 1, config_name
+    deployments = app["deployments"]
+    for deployment in deployments:
+        options = deployment["ray_actor_options"]
+        if options.get("num_gpus"):
+            assert options.get("resources", {}).get("serve_gpu") == options["num_gpus"], deployment["name"]

@@ -120,3 +120,17 @@ def test_images_load_from_s3(s3_server):
     uri = resolve_image("lazy/x.png", "s3://unime-test")
     assert uri == "s3://unime-test/lazy/x.png"
     assert load_image(uri, storage_options=s3_server).size == (20, 10)
+
+
+def test_ray_data_and_ray_train_get_the_native_s3_client_for_s3fs_options(tmp_path):
+    from unime.data.storage import arrow_filesystem
+
+    fs, inner = arrow_filesystem("s3://bucket/run/train_embedder/ray",
+                                 {"endpoint_url": "http://127.0.0.1:9000", "key": "k", "secret": "s",
+                                  "client_kwargs": {"region_name": "eu-west-1"}})
+    assert fs.type_name == "s3" and inner == "bucket/run/train_embedder/ray"
+    assert fs.region == "eu-west-1"
+    assert arrow_filesystem("s3://bucket/x")[0].type_name == "s3"  # the default credential chain
+    # an s3fs option without a native equivalent keeps the fsspec filesystem, wrapped
+    assert arrow_filesystem("s3://bucket/x", {"config_kwargs": {"max_pool_connections": 4}})[0].type_name.startswith("py::fsspec")
+    assert arrow_filesystem(str(tmp_path))[0].type_name == "local"

@@ -27,9 +27,10 @@ from unime.pipeline import judge, mine, train_embedder
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 IDLE_TIMEOUT_S = 5
 # Stages ask for node types through config only: judges and embedders for judge-gpu
-# nodes, I/O tasks for cpu-worker nodes, training workers for train-gpu nodes.
+# nodes, I/O tasks and the FAISS search for cpu-worker nodes, training workers (and the
+# merge that publishes their checkpoint) for train-gpu nodes.
 PLACEMENT = ["embed.actors.resources={judge_gpu: 1}", "judge.actors.resources={judge_gpu: 1}",
-             "ray.data_task_resources={cpu_node: 0.001}"]
+             "ray.data_task_resources={cpu_node: 0.001}", "mining.placement.resources={cpu_node: 0.001}"]
 TRAIN = ["train_embedder.num_workers=1", "train_embedder.use_gpu=false", "train_embedder.cpus_per_worker=0.5",
          "train_embedder.resources_per_worker={train_gpu: 1}", "train_embedder.num_hard_negatives=3",
          "train_embedder.queries_per_worker=8", "train_embedder.gradcache_chunk=8", "train_embedder.max_steps=30",
@@ -138,6 +139,8 @@ def test_stages_run_on_the_node_types_their_config_names(fixed_run):
     assert ran_on("ingest_files") == {"cpu-worker"}  # reads
     assert ran_on("Write") == {"cpu-worker"}  # writes
     assert ran_on("RayTrainWorker") == {"train-gpu"}
+    assert ran_on("retrieve_pools") == {"cpu-worker"}  # never the driver's head node
+    assert ran_on("publish_train_embedder") == {"train-gpu"}
 
 
 def run_in_thread(function, *args) -> tuple[threading.Thread, dict]:

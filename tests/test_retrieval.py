@@ -130,3 +130,27 @@ def test_ivf_recall_does_not_depend_on_shard_order():
     sorted_recall, shuffled_recall = recall(np.argsort(labels, kind="stable")), recall(rng.permutation(3000))
     assert shuffled_recall > 0.9  # (a quantiser trained on the first shard: 0.79 sorted)
     assert abs(sorted_recall - shuffled_recall) < 0.05, (sorted_recall, shuffled_recall)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_searches_capped_below_the_gpu_k_limit_finish_on_the_cpu_index(data, kind, monkeypatch):
+    """A GPU index takes k <= 2048; queries whose positive is outranked by more candidates
+    than that are finished on the CPU copy. Simulated on the CPU with a cap of 16."""
+    from unime.mining import retrieval
+
+    queries, candidates, positive_ids = data
+    # random positives for half the queries: hundreds of candidates outrank them
+    assert (np.einsum("ij,ij->i", queries, candidates[positive_ids]) < 0.5).sum() >= 15
+    want = retrieve_pool(queries, candidates, positive_ids, k=10, index=IndexSpec(kind, nlist=4, nprobe=4))
+    widths, search = [], retrieval._search_below
+
+    def recording(index, queries, *args, **kwargs):
+        widths.append(kwargs.get("max_width", args[4] if len(args) > 4 else None))
+        return search(index, queries, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "_search_below", recording)
+    got = retrieve_pool(queries, candidates, positive_ids, k=10,
+                        index=IndexSpec(kind, nlist=4, nprobe=4, max_search_k=16))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    assert 16 in widths and None in widths  # capped searches, then the uncapped CPU finish

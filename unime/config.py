@@ -117,6 +117,24 @@ class ActorConfig:
 
 
 @dataclass
+class TaskConfig:
+    """Where a stage's single Ray task runs (FAISS search or index build): its CPUs, GPUs and
+    custom node resources. With ``num_gpus`` the FAISS work goes to that GPU (and fails, naming
+    the node, where faiss sees none)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_cpus", "resources must be >= 0")
+
+    def remote_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        return options | ({"resources": dict(self.resources)} if self.resources else {})
+
+
+@dataclass
 class EmbedConfig:
     """The embed stage: an off-the-shelf embedder (``model``; default ``models.embedder``) and
     its input recipe (``input_format``; default ``models.input_format``)."""
@@ -192,6 +210,8 @@ class IndexConfig:
     nprobe: int = 32
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
+    # where the index is built (a FAISS GPU builds flat and IVF indexes when asked for)
+    placement: TaskConfig = field(default_factory=TaskConfig)
 
 
 @dataclass
@@ -224,7 +244,10 @@ class ServeConfig:
     batch_size: int = 16
     batch_wait_s: float = 0.01
     replica_cpus: float = 1.0
-    model_gpus: float = 0.0  # per embedder / reranker replica
+    model_gpus: float = 0.0  # per embedder / reranker replica; a GPU config sets 1
+    # custom resources of an embedder / reranker replica, e.g. {serve_gpu: 1} for cluster/'s
+    # serve-gpu node type (without it replicas may land on training or judge GPUs)
+    model_resources: dict[str, float] = field(default_factory=dict)
     keep_running: bool = True
     example_query: str = "two red circles on the left"
     limits: ServeLimits = field(default_factory=ServeLimits)
@@ -250,6 +273,9 @@ class MiningConfig:
     ivf_nlist: int = 4096
     ivf_nprobe: int = 64
     query_chunk: int = 65536
+    # where the global retrieval runs (one Ray task; e.g. {num_gpus: 1, resources: {judge_gpu: 1}}
+    # for FAISS on a GPU node), never on the driver's head node
+    placement: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self):
         _check(self.pool_size >= self.num_negatives > 0, "pool_size", "needs pool_size >= num_negatives > 0")
@@ -397,6 +423,11 @@ class PipelineConfig:
         """The input recipe and image resolution every model of the run is fed with (and what
         every model stage's fingerprint and the index manifest record)."""
         return {"input_format": self.models.input_format, "image_resolution": self.models.image_resolution}
+
+    def embedder_inputs(self) -> dict[str, Any]:
+        """How the run's embedder is fed: the input recipe, image resolution and the processor's
+        pixel bounds (what the index manifest records and Serve embeds queries with)."""
+        return self.model_inputs() | {"min_pixels": self.models.min_pixels, "max_pixels": self.models.max_pixels}
 
     def reranker_inputs(self) -> dict[str, Any]:
         """How every reranker of the run is fed, in training, evaluation and Serve alike: the

@@ -22,6 +22,43 @@ def filesystem(path: str, storage_options: dict[str, Any] | None = None) -> tupl
     return url_to_fs(str(path), **(storage_options or {}))
 
 
+# s3fs storage options -> pyarrow.fs.S3FileSystem arguments (what a native S3 client needs)
+_S3_OPTIONS = {"key": "access_key", "secret": "secret_key", "token": "session_token", "anon": "anonymous"}
+
+
+def _native_s3(storage_options: dict[str, Any]):
+    """A pyarrow native S3 filesystem for s3fs-style options, or None if an option has no
+    native equivalent (then the fsspec filesystem is wrapped instead)."""
+    from pyarrow.fs import S3FileSystem
+
+    options = dict(storage_options)
+    client = dict(options.pop("client_kwargs", None) or {})
+    endpoint = options.pop("endpoint_url", None) or client.pop("endpoint_url", None)
+    region = client.pop("region_name", None)
+    if client or set(options) - set(_S3_OPTIONS):
+        return None
+    arguments = {_S3_OPTIONS[k]: v for k, v in options.items()}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        arguments |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+    if region:
+        arguments["region"] = region
+    return S3FileSystem(**arguments)
+
+
+def arrow_filesystem(path: str, storage_options: dict[str, Any] | None = None):
+    """(pyarrow filesystem, path inside it) for Ray Data and Ray Train: pyarrow's native S3
+    client for ``s3://`` (parallel multipart uploads, no Python in the data path), fsspec's
+    filesystem wrapped for any other store, the local filesystem for local paths."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if not is_remote(path):
+        return LocalFileSystem(), str(path)
+    fs, inner = filesystem(path, storage_options)
+    native = _native_s3(storage_options or {}) if str(path).startswith("s3://") else None
+    return (native, inner) if native is not None else (PyFileSystem(FSSpecHandler(fs)), inner)
+
+
 def open_file(path: str, mode: str = "rb", storage_options: dict[str, Any] | None = None):
     fs, inner = filesystem(path, storage_options)
     if "w" in mode:

@@ -65,9 +65,12 @@ def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
     return index
 
 
-def checkpoint_fingerprint(name_or_path: str) -> str:
-    """SHA-256 over a local checkpoint's config and weights; the id itself for hub ids."""
-    folder = Path(name_or_path)
+def checkpoint_fingerprint(name_or_path: str, storage_options: dict | None = None) -> str:
+    """SHA-256 over a checkpoint's config and weights (one on an object store is copied to this
+    node first); the id itself for hub ids."""
+    from unime.models.checkpoints import local_checkpoint
+
+    folder = Path(local_checkpoint(name_or_path, storage_options))
     if not folder.is_dir():
         return f"hub:{name_or_path}"
     digest = hashlib.sha256()
@@ -89,11 +92,12 @@ class IndexArtifact:
         k = min(k, self.index.ntotal)
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
-    def check_embedder(self, name_or_path: str, inputs: dict | None = None) -> None:
+    def check_embedder(self, name_or_path: str, inputs: dict | None = None, storage_options: dict | None = None
+                       ) -> None:
         """Raise unless the index was built by this embedder checkpoint and, where both are
         known, with these inputs (input recipe and image resolution): the same checkpoint fed
         other inputs puts queries in another space than the indexed vectors."""
-        want, have = checkpoint_fingerprint(name_or_path), self.manifest["embedder_fingerprint"]
+        want, have = checkpoint_fingerprint(name_or_path, storage_options), self.manifest["embedder_fingerprint"]
         if want != have:
             raise ValueError(f"index built by embedder {self.manifest['embedder']} ({have[:12]}), "
                              f"not by {name_or_path} ({want[:12]}): rebuild the index or deploy its embedder")
@@ -119,7 +123,8 @@ def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: s
     pq.write_table(records, buffer)
     write_bytes(join(folder, "records.parquet"), buffer.getvalue(), storage_options)
     manifest = {"kind": spec.kind, "spec": asdict(spec), "size": int(len(vectors)), "dim": int(vectors.shape[1]),
-                "embedder": embedder, "embedder_fingerprint": checkpoint_fingerprint(embedder), "inputs": inputs,
+                "embedder": embedder, "embedder_fingerprint": checkpoint_fingerprint(embedder, storage_options),
+                "inputs": inputs,
                 "build_seconds": seconds, "created_at": time.time()}
     write_bytes(join(folder, "manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options)
     return manifest

@@ -13,7 +13,7 @@ from unime.prompts import strip_image_placeholders
 
 def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: str = "auto", **options):
     """A judge backend by name; ``options`` carry backend-specific settings."""
-    inputs = {k: options.get(k) for k in ("min_pixels", "max_pixels", "image_resolution")}
+    inputs = {k: options.get(k) for k in ("min_pixels", "max_pixels", "image_resolution", "storage_options")}
     inputs["input_format"] = options.get("input_format") or "qwen2-vl-native"
     if backend == "hf":
         return HFJudge(name_or_path, dtype=dtype, device=device, max_model_len=options.get("max_model_len"), **inputs)

@@ -50,15 +50,18 @@ class ChatInputs:
     ``input_format`` names the recipe (:mod:`unime.models.recipes`); ``image_resolution`` its
     image size (None: the recipe's default for ``use``); ``min/max_pixels`` the image budget,
     applied by the recipe before the processor or by the processor, as the recipe says;
-    ``max_model_len`` the token budget of one prompt (None: unbounded).
+    ``max_model_len`` the token budget of one prompt (None: unbounded). ``checkpoint``: the
+    local path of the checkpoint (one on an object store is copied to this node first).
     """
 
     def __init__(self, name_or_path: str, min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None, use: str = "eval",
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, storage_options: dict | None = None):
+        from unime.models.checkpoints import local_checkpoint
         from unime.models.processor import load_processor, log_pixel_bounds
         from unime.models.recipes import get_recipe
 
+        self.checkpoint = name_or_path = local_checkpoint(name_or_path, storage_options)
         self.recipe = get_recipe(input_format)
         self.image_resolution = self.recipe.resolution_for(use, image_resolution)
         # bounds the processor applies (the vLLM engine's processor gets the same) and the budget
@@ -86,12 +89,12 @@ class HFJudge(ChatInputs):
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, storage_options: dict | None = None):
         from unime.models.loading import load_model
 
         super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution,
-                         max_model_len=max_model_len)
-        self.model = load_model(name_or_path, dtype=dtype, device=device)
+                         max_model_len=max_model_len, storage_options=storage_options)
+        self.model = load_model(self.checkpoint, dtype=dtype, device=device)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
 
     def encode(self, chats: list[list[dict]], suffixes: list[str] | None = None) -> dict:

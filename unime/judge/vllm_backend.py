@@ -45,7 +45,7 @@ class VLLMJudge(ChatInputs):
                  min_pixels: int | None = None, max_pixels: int | None = None, prefix_caching: bool = True,
                  kv_cache_gib: float | None = None, max_images_per_prompt: int = 2, seed: int = 0,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
-                 engine: VLLMEngineConfig | dict | None = None):
+                 engine: VLLMEngineConfig | dict | None = None, storage_options: dict | None = None):
         import torch
 
         engine = VLLMEngineConfig(**engine) if isinstance(engine, dict) else (engine or VLLMEngineConfig())
@@ -59,10 +59,11 @@ class VLLMJudge(ChatInputs):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(engine.kv_cache_gib))))
         from vllm import LLM, SamplingParams
 
-        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution)
+        super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution,
+                         storage_options=storage_options)
         self.yes_id, self.no_id = yes_no_token_ids(self.processor.tokenizer)
         self.max_images_per_prompt = engine.max_images_per_prompt or max_images_per_prompt
-        self.llm = LLM(model=name_or_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+        self.llm = LLM(model=self.checkpoint, dtype=dtype, max_model_len=max_model_len, seed=seed,
                        enable_prefix_caching=prefix_caching, limit_mm_per_prompt={"image": self.max_images_per_prompt},
                        mm_processor_kwargs=self.processor_bounds or None, **engine_arguments(engine, on_gpu))
         # logprobs must equal the number of requested ids.

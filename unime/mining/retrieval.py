@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ShardSource = np.ndarray | Sequence["np.ndarray | Callable[[], np.ndarray]"]
+GPU_MAX_K = 2048  # the largest k (and nprobe) FAISS's GPU k-selection takes
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class IndexSpec:
     nprobe: int = 64
     use_gpu: bool | None = None  # None: on when CUDA and faiss GPU support are both present
     train_size: int = 262_144
+    # the widest search one index call makes (None: GPU_MAX_K on a GPU, unbounded on the CPU);
+    # queries that need a wider one are finished on the index's CPU copy
+    max_search_k: int | None = None
 
     def __post_init__(self):
         if self.kind not in ("flat", "ivf"):
@@ -54,10 +58,16 @@ def use_faiss_gpu(requested: bool | None) -> bool:
     return available if requested is None else requested
 
 
-def _to_device(index, spec: IndexSpec):
+def _placed(index, spec: IndexSpec) -> tuple[object, int | None]:
+    """The index where the spec puts it (a GPU copy, or the CPU index itself) and the widest
+    search it takes."""
     import faiss
 
-    return faiss.index_cpu_to_all_gpus(index) if use_faiss_gpu(spec.use_gpu) else index
+    if not use_faiss_gpu(spec.use_gpu):
+        return index, spec.max_search_k
+    if hasattr(index, "nprobe"):
+        index.nprobe = min(index.nprobe, GPU_MAX_K)
+    return faiss.index_cpu_to_all_gpus(index), min(spec.max_search_k or GPU_MAX_K, GPU_MAX_K)
 
 
 def positive_similarities(queries: np.ndarray, candidates: ShardSource, positive_ids: np.ndarray) -> np.ndarray:
@@ -75,16 +85,23 @@ def positive_similarities(queries: np.ndarray, candidates: ShardSource, positive
     return sims
 
 
-def _search_below(index, queries, pos_sims, pos_rows, row_offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _search_below(index, queries, pos_sims, pos_rows, row_offset: int, k: int, max_width: int | None = None,
+                  cpu_index=None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` per query among results with sim < the positive's and row != the positive's.
 
     Everything at least as similar as the positive ranks first, so the search widens
     (doubling) for the queries whose valid results run short until the index is exhausted.
+    Searches stay within ``max_width`` (a GPU index's limit); queries that need more are
+    finished on ``cpu_index``, which has none.
     """
     n_queries, total = len(queries), index.ntotal
     rows, sims = np.full((n_queries, k), -1, np.int64), np.full((n_queries, k), -np.inf, np.float32)
     pending, width = np.arange(n_queries), min(total, k + 8)
     while pending.size and width > 0:
+        if max_width is not None and width > max_width:
+            rows[pending], sims[pending] = _search_below(cpu_index, queries[pending], pos_sims[pending],
+                                                         pos_rows[pending], row_offset, k)
+            break
         found_sims, found = index.search(queries[pending], width)
         found = np.where(found >= 0, found + row_offset, -1)
         valid = (found >= 0) & (found_sims < pos_sims[pending, None]) & (found != pos_rows[pending, None])
@@ -93,7 +110,8 @@ def _search_below(index, queries, pos_sims, pos_rows, row_offset: int, k: int) -
             keep = np.flatnonzero(valid[local])[:k]
             rows[pending[local], : keep.size] = found[local, keep]
             sims[pending[local], : keep.size] = found_sims[local, keep]
-        pending, width = pending[~done], min(total, width * 2)
+        wider = min(total, width * 2)
+        pending, width = pending[~done], (max_width if max_width is not None and width < max_width < wider else wider)
     return rows, sims
 
 
@@ -112,7 +130,8 @@ def _flat_streaming(queries, candidates, pos_sims, pos_rows, k, spec):
     for shard in _shards(candidates):  # one shard in memory at a time
         index = faiss.IndexFlatIP(shard.shape[1])
         index.add(_f32(shard))
-        shard_rows, shard_sims = _search_below(_to_device(index, spec), queries, pos_sims, pos_rows, offset, k)
+        placed, max_width = _placed(index, spec)
+        shard_rows, shard_sims = _search_below(placed, queries, pos_sims, pos_rows, offset, k, max_width, index)
         rows, sims = _merge(rows, sims, shard_rows, shard_sims, k)
         offset += len(shard)
     return rows, sims
@@ -149,7 +168,8 @@ def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
     for shard in _shards(candidates):  # a second pass: shard loaders run again
         index.add(_f32(shard))
     index.nprobe = min(spec.nprobe, index.nlist)
-    return _search_below(_to_device(index, spec), queries, pos_sims, pos_rows, 0, k)
+    placed, max_width = _placed(index, spec)
+    return _search_below(placed, queries, pos_sims, pos_rows, 0, k, max_width, index)
 
 
 def retrieve_pool(query_embeddings: np.ndarray, candidate_embeddings: ShardSource, positive_ids,

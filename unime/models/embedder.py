@@ -47,16 +47,20 @@ class Embedder:
     Embedding = L2-normalised last-layer hidden state of the last token (left padding),
     as in VLM2Vec and UniME-V2. ``input_format`` names the input recipe (placeholder, positions,
     image resize, truncation; :mod:`unime.models.recipes`) and ``image_resolution`` its image
-    size (None: the recipe's default for ``use``, e.g. ``train_embedder``).
+    size (None: the recipe's default for ``use``, e.g. ``train_embedder``). A checkpoint on an
+    object store is copied to this node first (:func:`unime.models.checkpoints.local_checkpoint`,
+    with ``storage_options``).
     """
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: Resolution | None = None,
-                 use: str = "eval"):
+                 use: str = "eval", storage_options: dict | None = None):
+        from unime.models.checkpoints import local_checkpoint
         from unime.models.loading import load_model
         from unime.models.processor import load_processor, log_pixel_bounds
 
+        name_or_path = local_checkpoint(name_or_path, storage_options)
         self.recipe = get_recipe(input_format)
         self.image_resolution = self.recipe.resolution_for(use, image_resolution)
         self.model = load_model(name_or_path, dtype=dtype, device=device)

@@ -1,8 +1,10 @@
 """index stage: embed a corpus on the actor pool and write a search index artefact.
 
 The corpus is the positives (candidates) of ``index.corpus`` pair files, or of the run's
-ingested pairs; each unique item is embedded once. Output ``<run_dir>/index/artifact/``
-(see :mod:`unime.index.artifact`): ``index.faiss``, ``records.parquet``, ``manifest.json``.
+ingested pairs; each unique item is embedded once. The FAISS build runs as one Ray task
+placed by ``index.placement`` (on a GPU when it asks for one). Output
+``<run_dir>/index/artifact/`` (see :mod:`unime.index.artifact`): ``index.faiss``,
+``records.parquet``, ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ def run(config: PipelineConfig) -> dict:
     run_dir, options = config.run_dir, config.data.storage_options
     embedder = manifest.trained_or(run_dir, train_embedder, config.index.embedder, config.models.embedder, options)
     pairs, source = corpus_pairs(config)
-    stage_fingerprint = manifest.fingerprint({"source": source, "index": asdict(config.index), "embedder": embedder,
-                                              "inputs": config.model_inputs(),
+    index = asdict(config.index)
+    index.pop("placement")  # where it is built changes nothing in it
+    stage_fingerprint = manifest.fingerprint({"source": source, "index": index, "embedder": embedder,
+                                              "inputs": config.embedder_inputs(),
                                               "trained": (manifest.read_manifest(run_dir, train_embedder.STAGE, options)
                                                           or {}).get("fingerprint")})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
@@ -48,15 +52,26 @@ def run(config: PipelineConfig) -> dict:
     items = unique_items(pairs)
     items = items.filter(items["is_candidate"])
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
-    vectors = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options).vectors(items["id"].to_pylist())
-    spec = IndexSpec(config.index.kind, config.index.nlist, config.index.nprobe, config.index.hnsw_m,
-                     config.index.hnsw_ef_search)
-    built = write_index(output_path(run_dir), vectors, items.select(["id", "text", "image"]), embedder, spec, options,
-                        config.model_inputs())
+    import ray
+
+    task = ray.remote(build_artifact).options(name="build_index", **config.index.placement.remote_options())
+    built = ray.get(task.remote(config, embedder, items.select(["id", "text", "image"])))
     rows = {"items": items.num_rows, "with_image": int(pc.sum(pc.not_equal(items["image"], "")).as_py()),
             "kind": built["kind"], "build_seconds": built["build_seconds"]}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows, "embedder": embedder},
                                    options) | {"skipped": False}
+
+
+def build_artifact(config: PipelineConfig, embedder: str, records) -> dict:
+    """The FAISS build and the artefact's write (a Ray task): the records' vectors from the
+    stage's embeddings, the index of ``index.kind``; the artefact's manifest."""
+    spec = config.index
+    vectors = EmbeddingStore(join(config.run_dir, STAGE, "embeddings"), config.data.storage_options).vectors(
+        records["id"].to_pylist())
+    index_spec = IndexSpec(spec.kind, spec.nlist, spec.nprobe, spec.hnsw_m, spec.hnsw_ef_search,
+                           use_gpu=True if spec.placement.num_gpus else None)
+    return write_index(output_path(config.run_dir), vectors, records, embedder, index_spec,
+                       config.data.storage_options, config.embedder_inputs())
 
 
 def output_path(run_dir: str) -> str:

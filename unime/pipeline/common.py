@@ -31,14 +31,6 @@ def task_options(resources: dict[str, float]) -> dict[str, Any]:
     return {"resources": dict(resources)} if resources else {}
 
 
-def pyarrow_filesystem(path: str, storage_options: dict | None = None):
-    """A pyarrow filesystem over fsspec's (what Ray Data's readers and writers take)."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, inner = filesystem(path, storage_options)
-    return PyFileSystem(FSSpecHandler(fs)), inner
-
-
 def read_parquet_dir(path: str, storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table:
     """All parquet files under ``path`` (a file or a folder), in file-name order."""
     tables = [pq.read_table(io.BytesIO(read_bytes(p, storage_options)), columns=columns)

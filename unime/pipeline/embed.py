@@ -15,14 +15,13 @@ import pyarrow.compute as pc
 
 from unime.config import PipelineConfig
 from unime.data.images import ImageLimits
-from unime.data.storage import join
+from unime.data.storage import arrow_filesystem, join
 from unime.monitoring import record
 from unime.pipeline import ingest, manifest
 from unime.pipeline.common import (
     ImageCache,
     actor_options,
     embeddings_column,
-    pyarrow_filesystem,
     read_parquet_dir,
     task_options,
 )
@@ -57,7 +56,8 @@ class EmbedBatch:
         from unime.models import Embedder
 
         self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                                 input_format=input_format, image_resolution=image_resolution)
+                                 input_format=input_format, image_resolution=image_resolution,
+                                 storage_options=storage_options)
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
         self.stage = stage
 
@@ -80,7 +80,7 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
     import ray.data
 
     data = config.data
-    fs, inner = pyarrow_filesystem(out, data.storage_options)
+    fs, inner = arrow_filesystem(out, data.storage_options)
     fs.delete_dir_contents(inner, missing_dir_ok=True)
     blocks = max(1, min(config.embed.actors.num_actors * 4, items.num_rows // config.embed.batch_size))
     columns = [c for c in items.column_names if c != "length"]

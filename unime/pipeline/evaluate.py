@@ -57,7 +57,7 @@ class RerankBatch:
         engine = {"engine": engine} if backend == "vllm" else {}
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, input_format=input_format,
                                  image_resolution=image_resolution, min_pixels=min_pixels, max_pixels=max_pixels,
-                                 max_model_len=max_model_len, **engine)
+                                 max_model_len=max_model_len, storage_options=storage_options, **engine)
         self.modes = modes
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
 
@@ -147,7 +147,7 @@ def run(config: PipelineConfig) -> dict:
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
                                               "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
-                                              "inputs": config.model_inputs()})
+                                              "inputs": [config.embedder_inputs(), config.reranker_inputs()]})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
 

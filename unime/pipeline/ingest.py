@@ -16,9 +16,9 @@ from unime.config import DataConfig
 from unime.data import schemas
 from unime.data.images import ImageChecker, ImageLimits
 from unime.data.readers import SUFFIXES, read_rows
-from unime.data.storage import filesystem, join, list_files
+from unime.data.storage import arrow_filesystem, filesystem, join, list_files
 from unime.pipeline import manifest
-from unime.pipeline.common import pyarrow_filesystem, task_options
+from unime.pipeline.common import task_options
 
 STAGE = "ingest"
 STATUS_FIELDS = [("quarantined", pa.bool_()), ("field", pa.string()), ("reason", pa.string()),
@@ -84,7 +84,7 @@ def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None 
 def _write_outputs(good, bad, run_dir: str, storage_options: dict, placement: dict) -> dict:
     counts = {}
     for name, dataset, key in (("pairs", good, "good_rows"), ("quarantine", bad, "quarantined_rows")):
-        fs, inner = pyarrow_filesystem(join(run_dir, STAGE, name), storage_options)
+        fs, inner = arrow_filesystem(join(run_dir, STAGE, name), storage_options)
         fs.delete_dir_contents(inner, missing_dir_ok=True)  # leftovers of a crashed attempt
         counts[key] = dataset.count()
         if counts[key]:

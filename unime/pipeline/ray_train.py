@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from unime.config import PLACEMENT_KEYS
-from unime.data.storage import exists, filesystem, is_remote, join, read_bytes, write_bytes
+from unime.data.storage import arrow_filesystem, exists, filesystem, is_remote, join, read_bytes, write_bytes
+from unime.models.checkpoints import local_checkpoint
 from unime.pipeline import manifest, mine
-from unime.pipeline.common import pyarrow_filesystem
 from unime.train.base import materialise_full, merge_adapter
 
 
@@ -19,20 +19,18 @@ def torch_trainer(loop, loop_config: dict, train, run_dir: str, stage: str, name
                   storage_options: dict | None = None):
     """A ``TorchTrainer``: workers, resources, checkpoint retention and failures from ``train``.
 
-    Checkpoints go under ``<run_dir>/<stage>/ray/<name>`` on local disk or S3.
+    Checkpoints go under ``<run_dir>/<stage>/ray/<name>`` on local disk or an object store,
+    written by pyarrow's native client for ``s3://`` (:func:`unime.data.storage.arrow_filesystem`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage = join(run_dir, stage, "ray")
-    fs, inner = pyarrow_filesystem(storage, storage_options) if is_remote(storage) else (None, storage)
-    resources = {"CPU": train.cpus_per_worker, **train.resources_per_worker}
-    if train.use_gpu:
-        resources["GPU"] = 1
+    fs, inner = arrow_filesystem(storage, storage_options) if is_remote(storage) else (None, storage)
     return TorchTrainer(
         loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=worker_resources(train)),
         run_config=RunConfig(name=name, storage_path=inner, storage_filesystem=fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=train.max_failures)),
@@ -40,22 +38,54 @@ def torch_trainer(loop, loop_config: dict, train, run_dir: str, stage: str, name
     )
 
 
-def publish(result, base_model: str, run_dir: str, stage: str, storage_options: dict | None = None) -> dict:
-    """Copy the final adapter, a merged checkpoint and the loss curve next to the stage manifest."""
-    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
+def worker_resources(train) -> dict[str, float]:
+    """One training worker's resources: its CPUs, a GPU when it trains on one, and the node
+    type's custom resource."""
+    return {"CPU": train.cpus_per_worker, **train.resources_per_worker} | ({"GPU": 1} if train.use_gpu else {})
+
+
+def publish_checkpoint(checkpoint, base_model: str, run_dir: str, stage: str, dtype: str, device: str,
+                       storage_options: dict | None = None) -> tuple[dict, dict]:
+    """Copy the final adapter, a merged checkpoint and the loss curve next to the stage manifest.
+
+    Runs where a training worker runs (:func:`publish`): the merge loads the base model in the
+    run's dtype (bf16 for a 7B model: ~15 GB, not the ~30 GB of fp32) on that node's device.
+    Returns the training progress and where the merge ran.
+    """
+    import os
+
+    import ray
+
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
         folder, local = Path(folder), Path(scratch)
         progress = json.loads((folder / "progress.json").read_text())
+        base = local_checkpoint(base_model, storage_options)
         if (folder / "adapter").exists():
             shutil.copytree(folder / "adapter", local / "adapter")
-            merge_adapter(base_model, local / "adapter", local / "merged")
+            merge_adapter(base, local / "adapter", local / "merged", dtype=dtype, device=device)
         else:  # full fine-tuning: the checkpoint holds every trained weight
-            materialise_full(base_model, folder / "state.pt", local / "merged")
+            materialise_full(base, folder / "state.pt", local / "merged", dtype=dtype, device=device)
         (local / "losses.json").write_text(json.dumps(progress["losses"]))
         for path in sorted(local.rglob("*")):
             if path.is_file():
                 write_bytes(join(run_dir, stage, path.relative_to(local).as_posix()), path.read_bytes(), storage_options)
-    return progress
+    context = ray.get_runtime_context()
+    return progress, {"node": context.get_node_id(), "task": context.get_task_id(), "pid": os.getpid(),
+                      "device": device, "dtype": dtype}
 
+
+def publish(result, base_model: str, run_dir: str, stage: str, train, dtype: str,
+            storage_options: dict | None = None) -> tuple[dict, dict]:
+    """:func:`publish_checkpoint` as a Ray task on a node of the training workers' type (never
+    the driver's head node, which has neither the memory nor the GPU for a 7B merge)."""
+    import ray
+
+    resources = worker_resources(train)
+    task = ray.remote(publish_checkpoint).options(
+        name=f"publish_{stage}", num_cpus=resources.pop("CPU"), num_gpus=resources.pop("GPU", 0),
+        resources=resources)
+    return ray.get(task.remote(result.checkpoint, base_model, run_dir, stage, dtype,
+                               "cuda" if train.use_gpu else "cpu", storage_options))
 
 
 def claim_checkpoints(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> None:
@@ -75,9 +105,10 @@ def claim_checkpoints(run_dir: str, stage: str, stage_fingerprint: str, storage_
     write_bytes(marker, stage_fingerprint.encode(), storage_options)
 
 
-def run_training_stage(config, stage: str, train, base_model: str, build) -> dict:
+def run_training_stage(config, stage: str, train, base_model: str, inputs: dict, build) -> dict:
     """The shared body of the training stages: skip when complete, else fit, publish, record.
 
+    ``inputs``: how the model is fed (recipe, pixel and token budgets; part of the fingerprint).
     ``build()`` returns ``(TorchTrainer, number of training examples)``.
     """
     run_dir, options = config.run_dir, config.data.storage_options
@@ -87,12 +118,13 @@ def run_training_stage(config, stage: str, train, base_model: str, build) -> dic
     learned = {k: v for k, v in asdict(train).items() if k not in PLACEMENT_KEYS}
     stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": learned,
                                               "model": base_model, "dtype": config.models.dtype,
-                                              "inputs": config.model_inputs()})
+                                              "inputs": inputs})
     if manifest.is_complete(run_dir, stage, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, stage, options) | {"skipped": True}
     claim_checkpoints(run_dir, stage, stage_fingerprint, options)
     trainer, examples = build()
-    progress = publish(trainer.fit(), base_model, run_dir, stage, options)
+    progress, published = publish(trainer.fit(), base_model, run_dir, stage, train, config.models.dtype, options)
     losses = progress["losses"]
     rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
-    return manifest.write_manifest(run_dir, stage, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+    return manifest.write_manifest(run_dir, stage, stage_fingerprint, {"rows": rows, "published_by": published},
+                                   options) | {"skipped": False}

@@ -2,8 +2,10 @@
 
 Candidates (the positives of all datasets, de-duplicated) are streamed shard by shard from
 the embed stage's parquet files into :func:`unime.mining.retrieve_pool`; queries go in
-chunks of ``mining.query_chunk``. Output ``<run_dir>/retrieve/pools.parquet``: one row per
-pair with its pool ids and similarities, best first.
+chunks of ``mining.query_chunk``. The work runs as one Ray task placed by
+``mining.placement`` (a FAISS GPU when it asks for one). Output
+``<run_dir>/retrieve/pools.parquet``: one row per pair with its pool ids and similarities,
+best first.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def _pool_rows(ids: list[str], rows: np.ndarray, sims: np.ndarray) -> tuple[list
 
 
 def global_pools(store: EmbeddingStore, pairs: pa.Table, config: PipelineConfig) -> tuple[list, list]:
-    mining, spec = config.mining, IndexSpec(config.mining.index, config.mining.ivf_nlist, config.mining.ivf_nprobe)
+    mining = config.mining
+    # a task that was given a GPU searches on it (or fails where faiss sees none); else FAISS's own choice
+    spec = IndexSpec(mining.index, mining.ivf_nlist, mining.ivf_nprobe, use_gpu=True if mining.placement.num_gpus else None)
     query_ids, pos_ids = pairs["query_id"].to_pylist(), pairs["pos_id"].to_pylist()
     shards = store.candidate_shards()
     pool_ids, pool_sims = [], []
@@ -103,10 +107,22 @@ def run(config: PipelineConfig) -> dict:
     upstream = manifest.read_manifest(run_dir, embed.STAGE, data.storage_options)
     if upstream is None:
         raise RuntimeError(f"retrieve needs the embed stage's output under {run_dir}")
-    stage_fingerprint = manifest.fingerprint({"embed": upstream["fingerprint"], "mining": asdict(config.mining)})
+    mining = asdict(config.mining)
+    mining.pop("placement")  # where the search runs changes nothing it finds
+    stage_fingerprint = manifest.fingerprint({"embed": upstream["fingerprint"], "mining": mining})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
         return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
+    import ray
 
+    task = ray.remote(retrieve_pools).options(name="retrieve_pools", **config.mining.placement.remote_options())
+    counts = ray.get(task.remote(config))
+    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts},
+                                   data.storage_options) | {"skipped": False}
+
+
+def retrieve_pools(config: PipelineConfig) -> dict:
+    """The stage's work (a Ray task): every pair's pool, written to ``pools.parquet``; its counts."""
+    data, run_dir = config.data, config.run_dir
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options,
                              ["source", "row_index", "dataset", "query_id", "pos_id"])
     pairs = pairs.sort_by([("source", "ascending"), ("row_index", "ascending")])  # input order, not Ray's
@@ -117,11 +133,9 @@ def run(config: PipelineConfig) -> dict:
                       "pool_ids": pool_ids, "pool_sims": pool_sims}, schema=POOLS)
     write_parquet(table, output_path(run_dir), data.storage_options)
     sizes = np.array([len(p) for p in pool_ids])
-    counts = {"pairs": table.num_rows, "candidates": len(store.candidate_ids),
-              "mean_pool_size": float(sizes.mean()) if len(sizes) else 0.0,
-              "short_pools": int((sizes < config.mining.pool_size).sum())}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts},
-                                   data.storage_options) | {"skipped": False}
+    return {"pairs": table.num_rows, "candidates": len(store.candidate_ids),
+            "mean_pool_size": float(sizes.mean()) if len(sizes) else 0.0,
+            "short_pools": int((sizes < config.mining.pool_size).sum())}
 
 
 def output_path(run_dir: str) -> str:

@@ -29,8 +29,7 @@ def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
     loop_config = {
         "model": models.embedder, "train": asdict(train), "fail_after_step": config.faults.train_fail_after_step,
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
-                           "min_pixels": models.min_pixels, "max_pixels": models.max_pixels,
-                           **config.model_inputs(),
+                           **config.embedder_inputs(),
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "storage_options": data.storage_options, "seed": train.seed},
     }
@@ -52,7 +51,8 @@ def run(config: PipelineConfig) -> dict:
         dataset, examples = examples_dataset(config)
         return make_trainer(config, dataset), examples
 
-    return run_training_stage(config, STAGE, config.train_embedder, config.models.embedder, build)
+    return run_training_stage(config, STAGE, config.train_embedder, config.models.embedder, config.embedder_inputs(),
+                              build)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

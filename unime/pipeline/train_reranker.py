@@ -47,7 +47,8 @@ def run(config: PipelineConfig) -> dict:
         table = examples(config)
         return make_trainer(config, table), table.num_rows
 
-    return run_training_stage(config, STAGE, config.train_reranker, config.models.reranker, build)
+    return run_training_stage(config, STAGE, config.train_reranker, config.models.reranker, config.reranker_inputs(),
+                              build)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

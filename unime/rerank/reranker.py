@@ -185,13 +185,16 @@ class Reranker:
     ``input_format`` / ``image_resolution``: the input recipe and its image size
     (:mod:`unime.models.recipes`); ``unime-v2`` feeds the released UniME-V2 reranker what its
     authors' evaluation fed it. ``max_model_len``: the token budget of one prompt on either
-    backend (a longer one raises :class:`unime.judge.PromptTooLongError`).
+    backend (a longer one raises :class:`unime.judge.PromptTooLongError`). ``storage_options``
+    reach a checkpoint on an object store (copied to this node first).
     """
 
     def __init__(self, name_or_path: str, backend: str = "hf", dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None, input_format: str = "qwen2-vl-native",
-                 image_resolution: str | None = None, max_model_len: int | None = None, **vllm_options):
-        recipe = {"input_format": input_format, "image_resolution": image_resolution}
+                 image_resolution: str | None = None, max_model_len: int | None = None,
+                 storage_options: dict | None = None, **vllm_options):
+        recipe = {"input_format": input_format, "image_resolution": image_resolution,
+                  "storage_options": storage_options}
         if backend == "hf":
             self.backend = HFRerankerBackend(name_or_path, dtype, device, min_pixels, max_pixels, max_model_len,
                                              **recipe)

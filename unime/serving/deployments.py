@@ -43,10 +43,10 @@ async def _input_error(_: Request, exc: InputError):
 @serve.deployment
 class EmbedderDeployment:
     def __init__(self, model: str, dtype: str = "float32", device: str = "auto", batch_size: int = 16,
-                 batch_wait_s: float = 0.01, inputs: dict | None = None):
+                 batch_wait_s: float = 0.01, inputs: dict | None = None, storage_options: dict | None = None):
         from unime.models import Embedder
 
-        self.embedder = Embedder(model, dtype=dtype, device=device, **(inputs or {}))
+        self.embedder = Embedder(model, dtype=dtype, device=device, storage_options=storage_options, **(inputs or {}))
         self.model = model
         self.embed.set_max_batch_size(batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_s)
@@ -71,7 +71,7 @@ class RetrieverDeployment:
         from unime.index import load_index
 
         self.artifact = load_index(index_dir, storage_options)
-        self.artifact.check_embedder(embedder, inputs)  # refuse vectors from another embedder or recipe
+        self.artifact.check_embedder(embedder, inputs, storage_options)  # refuse another embedder's vectors
         self.records = self.artifact.records.to_pylist()
 
     def image_paths(self) -> list[str]:
@@ -88,11 +88,12 @@ class RerankerDeployment:
     reranker inputs: recipe, image budget and token budget."""
 
     def __init__(self, model: str, dtype: str = "float32", device: str = "auto", inputs: dict | None = None,
-                 backend: str = "hf", engine: dict | None = None):
+                 backend: str = "hf", engine: dict | None = None, storage_options: dict | None = None):
         from unime.rerank import Reranker
 
         options = {"engine": engine} if backend == "vllm" else {}
-        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, **(inputs or {}), **options)
+        self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, storage_options=storage_options,
+                                 **(inputs or {}), **options)
 
     def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
         from unime.judge import PromptTooLongError
@@ -227,6 +228,7 @@ class Ingress:
 
 def build_app(config):
     """The composed application for a :class:`unime.config.PipelineConfig`."""
+    from unime.data.storage import join, read_json
     from unime.pipeline import build_index, manifest, train_embedder, train_reranker
 
     run_dir, options, serve_config, models = config.run_dir, config.data.storage_options, config.serve, config.models
@@ -234,15 +236,18 @@ def build_app(config):
     reranker = manifest.trained_or(run_dir, train_reranker, serve_config.reranker, models.reranker, options)
     index_dir = serve_config.index_dir or build_index.output_path(run_dir)
     light = {"num_cpus": serve_config.replica_cpus}
-    model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {})
-    # queries are embedded with the recipe and resolution the index was built with
-    inputs = config.model_inputs()
+    model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {}) | (
+        {"resources": dict(serve_config.model_resources)} if serve_config.model_resources else {})
+    # queries are embedded exactly as the index's items were: its manifest's recipe, resolution
+    # and pixel bounds (the config's for an index built before manifests recorded them)
+    inputs = (read_json(join(index_dir, "manifest.json"), options) or {}).get("inputs") or config.embedder_inputs()
     return Ingress.options(ray_actor_options=light).bind(
         EmbedderDeployment.options(ray_actor_options=model).bind(
-            embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs),
+            embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs,
+            options),
         RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options, inputs),
         RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device,
                                                                  config.reranker_inputs(), serve_config.rerank_backend,
-                                                                 asdict(config.eval.rerank_engine)),
+                                                                 asdict(config.eval.rerank_engine), options),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options)

@@ -151,11 +151,13 @@ def report(trainer: TrainerBase, rank: int, loss: float) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def materialise_full(base_model: str, state_file: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Base checkpoint + fully fine-tuned weights (``state.pt``) -> a checkpoint ``from_pretrained`` loads."""
+def materialise_full(base_model: str, state_file: str | Path, out_dir: str | Path, dtype: str = "float32",
+                     device: str = "cpu") -> Path:
+    """Base checkpoint + fully fine-tuned weights (``state.pt``) -> a checkpoint ``from_pretrained``
+    loads, in ``dtype`` (the trained fp32 weights are cast)."""
     from unime.models import load_model, load_processor
 
-    model = load_model(base_model, dtype=dtype, device="cpu")
+    model = load_model(base_model, dtype=dtype, device=device)
     weights = torch.load(state_file, map_location="cpu", weights_only=False)["weights"]
     missing = set(weights) - {name for name, _ in model.named_parameters()}
     if missing:
@@ -167,13 +169,15 @@ def materialise_full(base_model: str, state_file: str | Path, out_dir: str | Pat
     return out_dir
 
 
-def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Base checkpoint + LoRA adapter -> a merged checkpoint ``from_pretrained`` loads."""
+def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
+                  device: str = "cpu") -> Path:
+    """Base checkpoint + LoRA adapter -> a merged checkpoint ``from_pretrained`` loads, merged
+    and saved in ``dtype`` on ``device``."""
     from peft import PeftModel
 
     from unime.models import load_model, load_processor
 
-    model = PeftModel.from_pretrained(load_model(base_model, dtype=dtype, device="cpu"), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_model(base_model, dtype=dtype, device=device), str(adapter_dir))
     out_dir = Path(out_dir)
     model.merge_and_unload().save_pretrained(out_dir)
     load_processor(base_model).save_pretrained(out_dir)

@@ -57,7 +57,8 @@ class EmbedderTrainer(TrainerBase):
         torch.manual_seed(seed)
         self.config = train
         self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                                 input_format=input_format, image_resolution=image_resolution, use="train_embedder")
+                                 input_format=input_format, image_resolution=image_resolution, use="train_embedder",
+                                 storage_options=storage_options)
         self.model = self.embedder.model.train()
         self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout, train.use_dora,
                                train.full_finetune)

@@ -73,8 +73,11 @@ class RerankerTrainer(TrainerBase):
                  storage_options: dict | None = None, seed: int = 0, input_format: str = "qwen2-vl-native",
                  image_resolution: str | None = None, max_model_len: int | None = None):
         super().__init__()
+        from unime.models.checkpoints import local_checkpoint
+
         torch.manual_seed(seed)
         self.config = train
+        model = local_checkpoint(model, storage_options)  # a base model on an object store: copied here once
         self.model = load_model(model, dtype=dtype, device=device).train()
         # the input recipe's texts and images, at its reranker-training resolution, within the
         # reranker's token budget

@@ -1,0 +1,90 @@
+"""Checkpoints on S3 are copied to node-local disk once per version and load like local ones."""
+
+from __future__ import annotations
+
+import filecmp
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unime.models import checkpoints
+from unime.models.checkpoints import local_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIME_CHECKPOINT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture()
+def remote_embedder(s3_server, tiny_dir, request):
+    import fsspec
+
+    s3 = fsspec.filesystem("s3", **s3_server)
+    url = f"s3://unime-test/checkpoints/{request.node.name}/embedder"
+    s3.put(str(tiny_dir / "embedder"), url.removeprefix("s3://"), recursive=True)
+    return url, s3
+
+
+def test_hub_ids_and_local_paths_pass_through(tiny_dir, cache):
+    assert local_checkpoint("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
+    assert local_checkpoint(str(tiny_dir / "embedder")) == str(tiny_dir / "embedder")
+    assert not cache.exists()
+
+
+def test_an_s3_checkpoint_is_copied_once_per_version(remote_embedder, s3_server, tiny_dir, cache, monkeypatch):
+    url, s3 = remote_embedder
+    local = Path(local_checkpoint(url, s3_server))
+    assert local.parent == cache
+    source = tiny_dir / "embedder"
+    assert sorted(p.name for p in source.iterdir()) == sorted(p.name for p in local.iterdir() if p.name[0] != ".")
+    assert all(filecmp.cmp(p, local / p.name, shallow=False) for p in source.iterdir() if p.is_file())
+
+    downloads = []
+    monkeypatch.setattr(checkpoints, "_download", lambda *a: downloads.append(a))
+    assert local_checkpoint(url, s3_server) == str(local) and downloads == []  # cached: no second copy
+    monkeypatch.undo()
+
+    s3.pipe(f"{url.removeprefix('s3://')}/config.json", s3.cat(f"{url.removeprefix('s3://')}/config.json") + b"\n")
+    changed = local_checkpoint(url, s3_server)
+    assert changed != str(local) and (Path(changed) / "config.json").read_bytes().endswith(b"\n")
+
+
+def test_concurrent_loaders_share_one_download(remote_embedder, s3_server, cache, monkeypatch):
+    url, _ = remote_embedder
+    calls, original = [], checkpoints._download
+
+    def counted(*args):
+        calls.append(args)
+        original(*args)
+
+    monkeypatch.setattr(checkpoints, "_download", counted)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(local_checkpoint(url, s3_server))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and len(calls) == 1
+
+
+def test_models_load_from_s3_and_embed_like_the_local_copy(remote_embedder, s3_server, tiny_dir, cache):
+    from unime.index.artifact import checkpoint_fingerprint
+    from unime.models import Embedder, EmbedItem
+
+    url, _ = remote_embedder
+    items = [EmbedItem("two red circles"), EmbedItem("a blue square")]
+    remote = Embedder(url, device="cpu", storage_options=s3_server).encode(items)
+    here = Embedder(str(tiny_dir / "embedder"), device="cpu").encode(items)
+    np.testing.assert_array_equal(remote, here)
+    assert checkpoint_fingerprint(url, s3_server) == checkpoint_fingerprint(str(tiny_dir / "embedder"))
+
+
+def test_a_missing_checkpoint_names_its_url(s3_server, cache):
+    with pytest.raises(FileNotFoundError, match="s3://unime-test/nothing-here"):
+        local_checkpoint("s3://unime-test/nothing-here", s3_server)

@@ -1,0 +1,92 @@
+"""Checkpoints on object stores, copied to node-local disk before ``from_pretrained`` or vLLM.
+
+Neither transformers nor vLLM reads ``s3://``. A trained checkpoint under an ``s3://`` run
+dir (``<run_dir>/train_embedder/merged``) is therefore materialised once per node and version:
+the folder's listing (names, sizes, ETags or modification times) names a version, the files
+land in ``<cache>/<name>-<version>/`` through a temporary folder renamed into place, and a file
+lock lets the several actors of one node share a single download. Local paths and hub ids
+pass through unchanged.
+
+The cache is ``$UNIME_CHECKPOINT_CACHE``, else ``~/.cache/unime/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from unime.data.storage import filesystem, is_remote
+
+COMPLETE_MARKER = ".unime-complete"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("UNIME_CHECKPOINT_CACHE") or Path.home() / ".cache" / "unime" / "checkpoints")
+
+
+def remote_listing(url: str, storage_options: dict | None = None) -> tuple[list[tuple[str, dict]], str]:
+    """The checkpoint's files (path inside the store, info) and the version they make."""
+    fs, inner = filesystem(url, storage_options)
+    files = sorted((path, info) for path, info in fs.find(inner, detail=True).items() if info.get("type") != "directory")
+    if not files:
+        raise FileNotFoundError(f"no checkpoint files under {url}")
+    stamp = [(path[len(inner):].lstrip("/"), info.get("size"),
+              str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""))
+             for path, info in files]
+    return files, hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _node_lock(path: Path):
+    """An exclusive lock on ``path`` (a file) shared by every process of this node."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def local_checkpoint(name_or_path: str, storage_options: dict | None = None) -> str:
+    """A path ``from_pretrained`` and vLLM can read for ``name_or_path``.
+
+    Hub ids and local paths are returned as they are; a remote folder (``s3://...``) is
+    downloaded into this node's cache unless this version of it is there already.
+    """
+    if not is_remote(name_or_path):
+        return name_or_path
+    files, version = remote_listing(name_or_path, storage_options)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name_or_path.split("://", 1)[1].strip("/"))[-80:]
+    target = cache_root() / f"{name}-{version}"
+    if (target / COMPLETE_MARKER).exists():
+        return str(target)
+    with _node_lock(cache_root() / f"{name}-{version}.lock"):
+        if not (target / COMPLETE_MARKER).exists():  # another process of this node may have finished it
+            _download(name_or_path, files, target, storage_options)
+    return str(target)
+
+
+def _download(url: str, files: list[tuple[str, dict]], target: Path, storage_options: dict | None) -> None:
+    fs, inner = filesystem(url, storage_options)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for path, _ in files:
+            destination = scratch / path[len(inner):].lstrip("/")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(destination))
+        (scratch / COMPLETE_MARKER).write_text(json.dumps({"source": url, "files": len(files)}))
+        if target.exists():  # a partial copy left by a killed process
+            shutil.rmtree(target)
+        scratch.rename(target)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)
