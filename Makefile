@@ -42,7 +42,7 @@ browser:
 # The multinode tier starts its own clusters (AutoscalingCluster runs `ray stop`): a pytest
 # process of its own, after the session cluster of the first one is gone.
 test: setup browser
-	$(PY) -m pytest -q -ra -m "not multinode"
+	$(PY) -m pytest -q -ra --durations=15 -m "not multinode"
 	$(PY) -m pytest -q -ra -m multinode
 
 test-fast: setup

@@ -25,10 +25,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def plain_loop(tables, embedder_path: str, image_root: str) -> dict[str, float]:
-    from unime.data.images import ImageLimits
+    from unime.data.images import ImageCache, ImageLimits
     from unime.eval.harness import subset_metrics
     from unime.models import Embedder, EmbedItem
-    from unime.pipeline.common import ImageCache
 
     embedder = Embedder(embedder_path, device="cpu")
     images = ImageCache(image_root, ImageLimits())

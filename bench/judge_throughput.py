@@ -50,9 +50,8 @@ def demo_requests(corpus: Path, queries: int, pool: int):
 
 
 def chats_of(requests, image_root: Path):
-    from unime.data.images import ImageLimits
+    from unime.data.images import ImageCache, ImageLimits
     from unime.judge import build_judge_messages
-    from unime.pipeline.common import ImageCache
 
     images = ImageCache(str(image_root), ImageLimits())
     per_query = []

@@ -78,9 +78,8 @@ class Experiment:
 def setup(config: me.MethodEffectConfig) -> Experiment:
     import torch
 
-    from unime.data.images import ImageLimits
+    from unime.data.images import ImageCache, ImageLimits
     from unime.demo_truth import DemoTruth
-    from unime.pipeline.common import ImageCache
     from unime.pipeline.embed import unique_items
 
     torch.set_num_threads(config.torch_threads)
@@ -88,7 +87,7 @@ def setup(config: me.MethodEffectConfig) -> Experiment:
     paths = clock.time("prepare corpus and checkpoints", me.prepare, config)
     pairs, tables = me.read_corpus(paths["corpus"])
     return Experiment(config, clock, paths, pairs, tables, ImageCache(str(paths["corpus"]), ImageLimits(),
-                                                                      capacity=1 << 16),
+                                                                      max_bytes=8 << 30),
                       unique_items(pairs), DemoTruth.load(str(paths["corpus"])))
 
 

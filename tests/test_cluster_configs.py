@@ -26,7 +26,7 @@ from unime.cluster import (
     validate_kuberay_manifest,
     validate_launcher_config,
 )
-from unime.config import ActorConfig, TrainPlacement, load_config
+from unime.config import ActorConfig, TaskConfig, TrainPlacement, load_config
 
 CLUSTER = ROOT / "cluster"
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml"]
@@ -229,6 +229,9 @@ def stage_requests(config) -> dict[str, tuple[dict[str, float], int]]:
             actors = value.actors
             bundle = {"CPU": actors.num_cpus, "GPU": actors.num_gpus, **actors.resources}
             requests[f"{section.name}.actors"] = (bundle, actors.num_actors)
+        if isinstance(getattr(value, "placement", None), TaskConfig):
+            task = value.placement
+            requests[f"{section.name}.placement"] = ({"CPU": task.num_cpus, "GPU": task.num_gpus, **task.resources}, 1)
     serve = config.serve  # one embedder or reranker replica
     requests["serve.models"] = ({"CPU": serve.replica_cpus, "GPU": serve.model_gpus, **serve.model_resources}, 1)
     return requests
@@ -349,3 +352,52 @@ def test_gpu_configs_serve_their_models_on_the_serve_gpu_nodes(config_name):
         options = deployment["ray_actor_options"]
         if options.get("num_gpus"):
             assert options.get("resources", {}).get("serve_gpu") == options["num_gpus"], deployment["name"]
+
+
+def gpu_stack() -> dict:
+    return yaml.safe_load((ROOT / "cluster" / "gpu_stack.yaml").read_text())
+
+
+def test_the_gpu_extra_and_the_node_images_follow_the_one_gpu_stack():
+    import tomllib
+
+    from unime.models.loading import minimum_driver
+
+    stack = gpu_stack()
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert f"vllm=={stack['vllm']}" in extra and any(dep.startswith(stack["faiss"]) for dep in extra)
+    assert minimum_driver(stack["cuda"]) == stack["min_driver"]  # the runtime check's rule agrees
+    for name in ("aws.yaml", "gcp.yaml"):
+        config = launcher(name)
+        assert config["docker"]["image"] == stack["ray_image"], name
+        assert f"cluster/check_gpu_driver.sh {stack['min_driver']}" in config["setup_commands"][0], name
+    gcp = launcher("gcp.yaml")["available_node_types"]
+    for node_type, spec in gcp.items():
+        if spec["node_config"].get("guestAccelerators"):
+            image = spec["node_config"]["disks"][0]["initializeParams"]["sourceImage"]
+            driver = int(re.search(r"nvidia-(\d+)", image).group(1))
+            assert driver >= stack["min_driver"], (node_type, image)
+    tag = stack["ray_image"].split(":", 1)[1]
+    for name in ("raycluster.yaml", "rayservice.yaml"):
+        images = re.findall(r"image: (\S+)", (ROOT / "cluster" / "kuberay" / name).read_text())
+        assert images and all(image.endswith(f"ray{tag}") for image in images), (name, images)
+
+
+@pytest.mark.parametrize(("driver", "passes"), [("570.86.15", False), ("580.65.06", True), ("590.1", True),
+                                                (None, True)])
+def test_node_setup_stops_on_a_driver_older_than_the_stack_needs(tmp_path, driver, passes):
+    import shutil
+    import subprocess
+
+    if driver is None and shutil.which("nvidia-smi"):
+        pytest.skip("this host has a real nvidia-smi")
+    if driver is not None:  # a fake nvidia-smi printing that driver version
+        fake = tmp_path / "nvidia-smi"
+        fake.write_text(f"#!/bin/sh\necho {driver}\n")
+        fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    result = subprocess.run(["bash", str(ROOT / "cluster" / "check_gpu_driver.sh"), str(gpu_stack()["min_driver"])],
+                            capture_output=True, text=True, env=env)
+    assert (result.returncode == 0) == passes, result
+    if not passes:
+        assert f"NVIDIA driver {driver}" in result.stderr and "needs >= 580" in result.stderr

@@ -116,3 +116,23 @@ def test_vllm_engine_options_apply_per_device():
     assert config.judge.engine.gpu_memory_utilization == 0.9 and config.judge.engine.max_num_seqs == 256
     with pytest.raises(ConfigError, match="gpu_memory_utilization"):
         load_config(None, ["judge.engine.gpu_memory_utilization=1.5"])
+
+
+def test_where_and_how_big_work_runs_never_reaches_a_fingerprint():
+    """Placement, engine sizes, caches and checkpoint cadence change no stage's fingerprint;
+    what a stage computes with does."""
+    from unime.config import fingerprint_view
+
+    base = load_config(None)
+    moved = load_config(None, [
+        "embed.actors.num_actors=4", "embed.image_cpus=0.25", "judge.actors.resources={judge_gpu: 1}",
+        "judge.engine.max_num_seqs=64", "mining.placement.num_gpus=1", "index.placement.resources={cpu_node: 1}",
+        "data.image_cache_mib=64", "train_embedder.num_workers=2", "train_embedder.checkpoint_every=7",
+        "train_reranker.gradient_checkpointing=true", "eval.actors.num_cpus=3", "eval.rerank_engine.kv_cache_gib=9"])
+    sections = ("data", "models", "embed", "mining", "judge", "train_embedder", "train_reranker", "eval", "index")
+    for name in sections:
+        assert fingerprint_view(getattr(base, name)) == fingerprint_view(getattr(moved, name)), name
+    changed = load_config(None, ["mining.beta=0.05", "judge.max_pixels=1000", "train_reranker.lr=1e-3",
+                                 "eval.rerank_k=5", "index.nprobe=4", "data.limits.max_pixels=99"])
+    for name in ("mining", "judge", "train_reranker", "eval", "index", "data"):
+        assert fingerprint_view(getattr(base, name)) != fingerprint_view(getattr(changed, name)), name

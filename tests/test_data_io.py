@@ -122,8 +122,10 @@ def test_images_load_from_s3(s3_server):
     assert load_image(uri, storage_options=s3_server).size == (20, 10)
 
 
-def test_ray_data_and_ray_train_get_the_native_s3_client_for_s3fs_options(tmp_path):
+def test_ray_data_and_ray_train_get_the_native_s3_client_for_s3fs_options(tmp_path, monkeypatch):
     from unime.data.storage import arrow_filesystem
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # else the bucket's region is looked up
 
     fs, inner = arrow_filesystem("s3://bucket/run/train_embedder/ray",
                                  {"endpoint_url": "http://127.0.0.1:9000", "key": "k", "secret": "s",

@@ -60,8 +60,10 @@ def test_listwise_scores_in_one_prompt_pass_equal_per_candidate_forwards(tiny_di
         hook.remove()
     want = oracle_logprobs(backend, chat, "Ans: (", continuations)
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=0)
-    # the LM head saw one prompt position and the candidates' later answer tokens, never [k, L]
-    assert seen[0][:2] == (1, 1) and all(shape[1] <= 2 for shape in seen) and len(seen) == 2
+    # the LM head saw one prompt position, then the later answer tokens of at most 4 candidates
+    # at a time (each group over its own copy of the prompt's cache), never [k, L]
+    assert seen[0][:2] == (1, 1) and len(seen) == 1 + 3
+    assert all(shape[0] <= 4 and shape[1] <= 2 for shape in seen[1:])
     ranking = reranker.rank(("<|image_1|>\nWhich one shows it?", query_image), cands, mode="listwise")
     probs = np.exp(np.array(want) - max(want))
     np.testing.assert_allclose(ranking.scores, probs / probs.sum(), atol=1e-4)
@@ -165,18 +167,33 @@ def test_gradient_checkpointing_leaves_the_gradients_unchanged(tiny_dir, demo_di
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_trainer_refuses_examples_over_the_token_budget(tiny_dir, demo_dir):
+def test_trainer_leaves_out_and_counts_examples_over_the_token_budget(tiny_dir, demo_dir):
+    """One over-long example must not stop a long training run: it is left out and counted."""
+    rows = micro_batch_rows()
+    unbounded = RerankerTrainer(str(tiny_dir / "reranker"), RerankerTrainConfig(effective_batch_size=3,
+                                micro_batch_size=3), max_steps=1, device="cpu", image_root=str(demo_dir))
+    lengths = unbounded.encode(rows)["attention_mask"].sum(1).tolist()
+    budget = sorted(lengths)[1]  # the longest example no longer fits
     run = RerankerTrainer(str(tiny_dir / "reranker"), RerankerTrainConfig(effective_batch_size=3, micro_batch_size=3),
-                          max_steps=1, device="cpu", image_root=str(demo_dir), max_model_len=40)
-    with pytest.raises(PromptTooLongError, match="max_model_len=40"):
-        run.micro_loss(micro_batch_rows())
+                          max_steps=1, device="cpu", image_root=str(demo_dir), max_model_len=budget)
+    assert run.encode(rows)["attention_mask"].shape[0] == 2 and run.skipped_examples == 1
+    assert run.micro_loss(rows) is not None
+    tight = RerankerTrainer(str(tiny_dir / "reranker"), RerankerTrainConfig(effective_batch_size=3, micro_batch_size=3),
+                            max_steps=1, device="cpu", image_root=str(demo_dir), max_model_len=10)
+    assert tight.micro_loss(rows) is None and tight.skipped_examples == 3
+    batch = {k: [r[k] for r in rows] for k in rows[0]}
+    assert tight.step(batch) == 0.0 and tight.step_count == 1  # a step with nothing to learn from still counts
 
 
-def test_rerank_k_is_bounded_by_the_engines_images_per_prompt():
-    assert load_config(None).serve.limits.max_rerank_k == 15
+def test_rerank_k_is_bounded_by_the_vllm_engines_images_per_prompt():
+    vllm_serve = ["serve.rerank_backend=vllm", "serve.rerank_mode=listwise"]
     with pytest.raises(ConfigError, match=r"serve.limits.max_rerank_k: .*admits 16"):
-        load_config(None, ["serve.limits.max_rerank_k=20"])
+        load_config(None, [*vllm_serve, "serve.limits.max_rerank_k=20"])
+    assert load_config(None, [*vllm_serve, "serve.limits.max_rerank_k=15"])
+    assert load_config(None, [*vllm_serve, "serve.limits.max_rerank_k=20", "eval.rerank_engine.max_images_per_prompt=21"])
     with pytest.raises(ConfigError, match="eval.rerank_k"):
-        load_config(None, ["eval.rerank_k=16"])
-    assert load_config(None, ["serve.limits.max_rerank_k=20", "eval.rerank_engine.max_images_per_prompt=21"])
+        load_config(None, ["eval.rerank_backend=vllm", "eval.rerank_k=16"])
+    # no cap where no vLLM engine builds listwise prompts
+    assert load_config(None, ["eval.rerank_k=16", "serve.limits.max_rerank_k=20"])
+    assert load_config(None, ["eval.rerank_backend=vllm", "eval.rerank_k=16", "eval.rerank_modes=[pairwise]"])
 

@@ -142,15 +142,19 @@ def test_searches_capped_below_the_gpu_k_limit_finish_on_the_cpu_index(data, kin
     # random positives for half the queries: hundreds of candidates outrank them
     assert (np.einsum("ij,ij->i", queries, candidates[positive_ids]) < 0.5).sum() >= 15
     want = retrieve_pool(queries, candidates, positive_ids, k=10, index=IndexSpec(kind, nlist=4, nprobe=4))
-    widths, search = [], retrieval._search_below
+    widths, placed = [], retrieval._placed
 
-    def recording(index, queries, *args, **kwargs):
-        widths.append(kwargs.get("max_width", args[4] if len(args) > 4 else None))
-        return search(index, queries, *args, **kwargs)
+    class Recorded:  # the index, with every search's k recorded
+        def __init__(self, index):
+            self.index, self.ntotal = index, index.ntotal
 
-    monkeypatch.setattr(retrieval, "_search_below", recording)
+        def search(self, queries, k):
+            widths.append(k)
+            return self.index.search(queries, k)
+
+    monkeypatch.setattr(retrieval, "_placed", lambda index, spec: (Recorded(index), placed(index, spec)[1]))
     got = retrieve_pool(queries, candidates, positive_ids, k=10,
                         index=IndexSpec(kind, nlist=4, nprobe=4, max_search_k=16))
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-6)
-    assert 16 in widths and None in widths  # capped searches, then the uncapped CPU finish
+    assert widths and max(widths) == 16  # the capped index never searched wider; the CPU copy finished

@@ -38,7 +38,7 @@ def base_url(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("serve")
     config = mining_config(demo_dir, tiny_dir, run_dir, f"models.reranker={tiny_dir}/reranker", "serve.api_key=secret",
                            "serve.replica_cpus=0.1", "serve.limits.max_image_bytes=20000", "serve.limits.max_top_k=20",
-                           "serve.rerank_mode=pairwise")
+                           "serve.rerank_mode=pairwise", "eval.rerank_max_model_len=700")
     ingest.run(config.data, config.run_dir)
     build_index.run(config)
     port = free_port()
@@ -139,3 +139,16 @@ def test_request_latency_reaches_the_metrics_endpoint(base_url, metrics_port):
     found = scrape_metrics(metrics_port, ["ray_unime_serve_request_seconds_count"])
     routes = " ".join(found["ray_unime_serve_request_seconds_count"])
     assert 'route="search"' in routes and 'route="embeddings"' in routes, found
+
+
+def test_a_rerank_prompt_over_the_token_budget_is_a_413_and_the_app_keeps_serving(base_url):
+    """The reranker's token budget (eval.rerank_max_model_len) holds in Serve too: refused with
+    its length, not truncated, not a 500."""
+    long_query = {"text": " ".join(["red circle blue square green"] * 130)}  # under max_text_chars
+    for mode in ("pairwise", "listwise"):
+        response = post(base_url, "/v1/rerank", {"query": long_query, "candidates": [{"text": "a"}, {"text": "b"}],
+                                                  "mode": mode})
+        assert response.status_code == 413, response.text
+        assert "max_model_len=700" in response.json()["error"]
+    assert post(base_url, "/v1/rerank", {"query": {"text": "red"}, "candidates": [{"text": "a"}, {"text": "b"}]}
+                ).status_code == 200

@@ -43,6 +43,8 @@ class DataConfig:
     image_root: str = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
     limits: ImageLimits = field(default_factory=ImageLimits)
+    # decoded, resized images each model process keeps (unime.data.images.ImageCache)
+    image_cache_mib: int = 2048
 
 
 @dataclass
@@ -143,6 +145,9 @@ class EmbedConfig:
     input_format: InputFormat | None = None
     batch_size: int = 32
     actors: ActorConfig = field(default_factory=ActorConfig)
+    # CPUs of each image-loading task ahead of the embedder actors (on the nodes that
+    # ray.data_task_resources names)
+    image_cpus: float = 1.0
 
 
 @dataclass
@@ -222,8 +227,8 @@ class ServeLimits:
     max_image_pixels: int = 16_000_000
     max_text_chars: int = 4000
     max_top_k: int = 100
-    # at most the rerank engine's images per prompt minus the query's (PipelineConfig checks it)
-    max_rerank_k: int = 15
+    # with a vLLM reranker: at most its engine's images per prompt minus the query's (checked)
+    max_rerank_k: int = 20
     max_batch: int = 32
 
 
@@ -244,6 +249,9 @@ class ServeConfig:
     batch_size: int = 16
     batch_wait_s: float = 0.01
     replica_cpus: float = 1.0
+    # custom resources of the ingress and retriever replicas, e.g. {cpu_node: 0.01} to keep them
+    # off the GPU nodes (their CPUs belong to the model replicas)
+    replica_resources: dict[str, float] = field(default_factory=dict)
     model_gpus: float = 0.0  # per embedder / reranker replica; a GPU config sets 1
     # custom resources of an embedder / reranker replica, e.g. {serve_gpu: 1} for cluster/'s
     # serve-gpu node type (without it replicas may land on training or judge GPUs)
@@ -317,6 +325,22 @@ class TrainPlacement:
 # These do not change what the model learns, so training fingerprints leave them out;
 # ``use_gpu`` stays in (bf16 autocast on GPU changes the numerics).
 PLACEMENT_KEYS = tuple(f.name for f in dataclasses.fields(TrainPlacement) if f.name != "use_gpu")
+# Fields that say where work runs, how big its engines, caches and checkpoints are, never
+# what it computes: no stage fingerprint includes them, so moving or resizing work never
+# reruns a stage (or the stages after it).
+RUNTIME_ONLY = frozenset({"actors", "placement", "engine", "rerank_engine", "image_cache_mib", "image_cpus",
+                          "checkpoint_every", "gradient_checkpointing", *PLACEMENT_KEYS})
+
+
+def fingerprint_view(section) -> dict:
+    """A config section as its stage fingerprint sees it: ``asdict`` without
+    :data:`RUNTIME_ONLY` fields, at any depth."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in RUNTIME_ONLY}
+        return value
+
+    return strip(dataclasses.asdict(section))
 
 
 @dataclass
@@ -390,7 +414,7 @@ class RerankerTrainConfig(TrainPlacement):
     # recompute each block's activations in backward: a 7B model with six-image listwise chats
     # fits micro-batches that would not fit otherwise (gradients unchanged, tested)
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 100
+    checkpoint_every: int = 1000  # a 7B LoRA r128 checkpoint with optimiser state is several GB
     seed: int = 0
 
 
@@ -413,11 +437,17 @@ class PipelineConfig:
     faults: FaultInjection = field(default_factory=FaultInjection)
 
     def __post_init__(self):
+        # a vLLM engine admits a fixed number of images per prompt; a listwise prompt holds the
+        # query's and every candidate's (the HF backend and pairwise prompts have no such cap)
         images = self.eval.rerank_engine.max_images_per_prompt or RERANK_IMAGES_PER_PROMPT
-        for name, k in (("eval.rerank_k", self.eval.rerank_k), ("serve.limits.max_rerank_k",
-                                                               self.serve.limits.max_rerank_k)):
-            _check(k + 1 <= images, name, f"{k} candidates and the query make {k + 1} images in a listwise prompt, "
-                   f"but the rerank engine admits {images} (eval.rerank_engine.max_images_per_prompt)")
+        evaluated = self.eval.rerank and self.eval.rerank_backend == "vllm" and any(
+            mode.startswith("listwise") for mode in self.eval.rerank_modes)
+        served = self.serve.rerank_backend == "vllm" and self.serve.rerank_mode.startswith("listwise")
+        for name, k, applies in (("eval.rerank_k", self.eval.rerank_k, evaluated),
+                                 ("serve.limits.max_rerank_k", self.serve.limits.max_rerank_k, served)):
+            _check(not applies or k + 1 <= images, name, f"{k} candidates and the query make {k + 1} images in a "
+                   f"listwise prompt, but the vLLM rerank engine admits {images} "
+                   "(eval.rerank_engine.max_images_per_prompt)")
 
     def model_inputs(self) -> dict[str, Any]:
         """The input recipe and image resolution every model of the run is fed with (and what

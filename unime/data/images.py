@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +108,55 @@ class ImageChecker:
             uri = resolve_image(image, self.image_root)
             self._reasons[image] = check_image(uri, self.limits, self.storage_options)
         return self._reasons[image]
+
+
+def image_bytes(image) -> int:
+    """Memory a decoded PIL image holds (pixels x bands; palette images one byte a pixel)."""
+    return image.width * image.height * len(image.getbands())
+
+
+class ImageCache:
+    """Decoded images by path, each loaded once and kept while they fit in ``max_bytes``
+    (least recently used first out): a query's image recurs in all its ~51 judge pairs, a
+    candidate in many queries' pools.
+
+    ``prepare`` runs once per image at load time, so what is kept is the image as the model
+    stage consumes it (e.g. the recipe's 672x672 squash or its reranker budget fit), not a
+    full-resolution decode; every recipe's resize is idempotent, so the stage may apply it
+    again. Without ``prepare`` images keep their own mode (RGBA, palette, ...). Thread-safe:
+    a prefetching thread may fill it while the step reads it.
+    """
+
+    def __init__(self, image_root: str, limits: ImageLimits, storage_options: dict[str, Any] | None = None,
+                 max_bytes: int = 2 * 1024 ** 3, prepare: Callable[[Any], Any] | None = None):
+        self.image_root, self.limits, self.storage_options = image_root, limits, storage_options
+        self.max_bytes, self.prepare = max_bytes, prepare
+        self._images: OrderedDict[str, Any] = OrderedDict()
+        self._bytes, self._lock = 0, threading.Lock()
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def get(self, image: str | None):
+        if not image:
+            return None
+        with self._lock:
+            if image in self._images:
+                self._images.move_to_end(image)
+                return self._images[image]
+        loaded = load_image(resolve_image(image, self.image_root), self.limits, self.storage_options, keep_mode=True)
+        loaded = self.prepare(loaded) if self.prepare else loaded
+        self._keep(image, loaded)
+        return loaded
+
+    def _keep(self, key: str, image) -> None:
+        size = image_bytes(image)
+        with self._lock:
+            if key in self._images or size > self.max_bytes:
+                return
+            self._images[key] = image
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._images.popitem(last=False)
+                self._bytes -= image_bytes(evicted)

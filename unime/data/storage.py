@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from typing import Any
 
@@ -26,9 +27,23 @@ def filesystem(path: str, storage_options: dict[str, Any] | None = None) -> tupl
 _S3_OPTIONS = {"key": "access_key", "secret": "secret_key", "token": "session_token", "anon": "anonymous"}
 
 
-def _native_s3(storage_options: dict[str, Any]):
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str | None:
+    """The AWS region holding ``bucket`` (s3fs follows region redirects; pyarrow's native client
+    needs the region), or None when it cannot be found."""
+    from pyarrow.fs import resolve_s3_region
+
+    try:
+        return resolve_s3_region(bucket)
+    except Exception:  # no network, no permission: the client's default chain decides
+        return None
+
+
+def _native_s3(storage_options: dict[str, Any], bucket: str):
     """A pyarrow native S3 filesystem for s3fs-style options, or None if an option has no
     native equivalent (then the fsspec filesystem is wrapped instead)."""
+    import os
+
     from pyarrow.fs import S3FileSystem
 
     options = dict(storage_options)
@@ -41,6 +56,8 @@ def _native_s3(storage_options: dict[str, Any]):
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         arguments |= {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+    if not region and not endpoint and not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        region = _bucket_region(bucket)
     if region:
         arguments["region"] = region
     return S3FileSystem(**arguments)
@@ -55,7 +72,7 @@ def arrow_filesystem(path: str, storage_options: dict[str, Any] | None = None):
     if not is_remote(path):
         return LocalFileSystem(), str(path)
     fs, inner = filesystem(path, storage_options)
-    native = _native_s3(storage_options or {}) if str(path).startswith("s3://") else None
+    native = _native_s3(storage_options or {}, inner.split("/", 1)[0]) if str(path).startswith("s3://") else None
     return (native, inner) if native is not None else (PyFileSystem(FSSpecHandler(fs)), inner)
 
 

@@ -14,13 +14,17 @@ class PromptTooLongError(ValueError):
     (a truncated judge or reranker prompt loses its candidates or its question)."""
 
 
-def check_prompt_lengths(attention_mask: torch.Tensor, max_model_len: int | None, generated: int = 1) -> None:
-    """Raise :class:`PromptTooLongError` naming each sequence of the batch that, with
-    ``generated`` tokens to come (vLLM's rule: at least one), exceeds the budget."""
+def over_budget(attention_mask: torch.Tensor, max_model_len: int | None, generated: int = 1) -> list[tuple[int, int]]:
+    """(row, length) of each sequence that, with ``generated`` tokens to come (vLLM's rule: at
+    least one), exceeds the budget."""
     if max_model_len is None:
-        return
-    lengths = attention_mask.sum(dim=1).tolist()
-    over = [(k, n) for k, n in enumerate(lengths) if n + generated > max_model_len]
+        return []
+    return [(k, n) for k, n in enumerate(attention_mask.sum(dim=1).tolist()) if n + generated > max_model_len]
+
+
+def check_prompt_lengths(attention_mask: torch.Tensor, max_model_len: int | None, generated: int = 1) -> None:
+    """Raise :class:`PromptTooLongError` naming each prompt of the batch over the budget."""
+    over = over_budget(attention_mask, max_model_len, generated)
     if over:
         listed = ", ".join(f"prompt {k}: {n} tokens" for k, n in over[:5])
         raise PromptTooLongError(f"{listed} (+{generated} to generate) exceed max_model_len={max_model_len} "
@@ -71,6 +75,11 @@ class ChatInputs:
                                         **self.processor_bounds)
         log_pixel_bounds(name_or_path, self.processor, self.recipe.name, self.image_resolution)
         self.max_model_len = max_model_len
+
+    def prepare_image(self, image):
+        """One image resized as the recipe feeds it (idempotent: :meth:`prepare` applies it
+        again), for caches that keep prepared rather than full-size images."""
+        return self.recipe.rerank_image(image, self.image_resolution, self.fit_pixels)
 
     def prepare(self, chats: list[list[dict]]) -> list[list[dict]]:
         """Chats with raw texts cleaned and PIL images resized as the recipe says (an image

@@ -54,7 +54,10 @@ def use_faiss_gpu(requested: bool | None) -> bool:
 
     available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     if requested and not available:
-        raise RuntimeError("use_gpu=True but this faiss build sees no GPU")
+        import socket
+
+        raise RuntimeError(f"FAISS on a GPU was asked for (a task given a GPU, or use_gpu=True), but this faiss "
+                           f"build sees none on node {socket.gethostname()}: install faiss-gpu (the gpu extra)")
     return available if requested is None else requested
 
 
@@ -96,7 +99,7 @@ def _search_below(index, queries, pos_sims, pos_rows, row_offset: int, k: int, m
     """
     n_queries, total = len(queries), index.ntotal
     rows, sims = np.full((n_queries, k), -1, np.int64), np.full((n_queries, k), -np.inf, np.float32)
-    pending, width = np.arange(n_queries), min(total, k + 8)
+    pending, width = np.arange(n_queries), min(total, k + 8, max_width or total)
     while pending.size and width > 0:
         if max_width is not None and width > max_width:
             rows[pending], sims[pending] = _search_below(cpu_index, queries[pending], pos_sims[pending],

@@ -7,7 +7,9 @@ land in ``<cache>/<name>-<version>/`` through a temporary folder renamed into pl
 lock lets the several actors of one node share a single download. Local paths and hub ids
 pass through unchanged.
 
-The cache is ``$UNIME_CHECKPOINT_CACHE``, else ``~/.cache/unime/checkpoints``.
+The cache is ``$UNIME_CHECKPOINT_CACHE``, else ``~/.cache/unime/checkpoints``. It keeps the
+newest :data:`KEEP_VERSIONS` versions of each checkpoint (a replica may still serve the one
+before) and removes the scratch folders of downloads that died.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from unime.data.storage import filesystem, is_remote
 
 COMPLETE_MARKER = ".unime-complete"
+KEEP_VERSIONS = 2
 
 
 def cache_root() -> Path:
@@ -69,10 +72,23 @@ def local_checkpoint(name_or_path: str, storage_options: dict | None = None) -> 
     target = cache_root() / f"{name}-{version}"
     if (target / COMPLETE_MARKER).exists():
         return str(target)
-    with _node_lock(cache_root() / f"{name}-{version}.lock"):
+    with _node_lock(cache_root() / f"{name}.lock"):
         if not (target / COMPLETE_MARKER).exists():  # another process of this node may have finished it
+            _prune(name)
             _download(name_or_path, files, target, storage_options)
     return str(target)
+
+
+def _prune(name: str) -> None:
+    """Under the checkpoint's lock: drop dead downloads' scratch folders and all but the
+    newest ``KEEP_VERSIONS - 1`` complete versions (the one being fetched makes the rest)."""
+    root = cache_root()
+    for scratch in root.glob(f".{name}-*"):
+        shutil.rmtree(scratch, ignore_errors=True)
+    versions = sorted((p for p in root.glob(f"{name}-*") if (p / COMPLETE_MARKER).exists()),
+                      key=lambda p: (p / COMPLETE_MARKER).stat().st_mtime)
+    for old in versions[: max(0, len(versions) - (KEEP_VERSIONS - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _download(url: str, files: list[tuple[str, dict]], target: Path, storage_options: dict | None) -> None:
@@ -84,8 +100,6 @@ def _download(url: str, files: list[tuple[str, dict]], target: Path, storage_opt
             destination.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(destination))
         (scratch / COMPLETE_MARKER).write_text(json.dumps({"source": url, "files": len(files)}))
-        if target.exists():  # a partial copy left by a killed process
-            shutil.rmtree(target)
         scratch.rename(target)
     finally:
         if scratch.exists():

@@ -73,6 +73,11 @@ class Embedder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def prepare_image(self, image):
+        """The image resized as this embedder's recipe feeds it (idempotent: :meth:`collate`
+        applies it again), for caches that keep prepared rather than full-size images."""
+        return self.recipe.embed_image(image, self.image_resolution)
+
     def collate(self, items: list[EmbedItem]) -> dict[str, torch.Tensor]:
         recipe = self.recipe
         texts = [recipe.embed_text(item.text, item.image is not None) for item in items]

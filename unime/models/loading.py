@@ -24,13 +24,35 @@ def ray_gpu_ids() -> list:
     return list(ray.get_gpu_ids()) if ray.is_initialized() else []
 
 
+def minimum_driver(cuda: str | None) -> int | None:
+    """The oldest NVIDIA driver (major) that runs a CUDA build (NVIDIA's minor-version
+    compatibility: 13.x from 580, 12.x from 525)."""
+    if not cuda:
+        return None
+    return {"13": 580, "12": 525}.get(cuda.split(".")[0])
+
+
+def installed_driver() -> str:
+    """This node's NVIDIA kernel driver version, or why there is none."""
+    from pathlib import Path
+
+    version = Path("/proc/driver/nvidia/version")
+    if not version.exists():
+        return "no NVIDIA driver loaded"
+    words = version.read_text().split()
+    return next((w for w in words if w[:1].isdigit() and "." in w), "unknown")
+
+
 def no_cuda_error(why: str) -> RuntimeError:
     import socket
 
+    needed = minimum_driver(torch.version.cuda)
+    build = (f"built for CUDA {torch.version.cuda}, which needs NVIDIA driver >= {needed}" if needed
+             else "a CPU-only build: install the project's gpu extra")
     return RuntimeError(
-        f"{why}, but torch sees no CUDA device on node {socket.gethostname()} (torch {torch.__version__}, built "
-        f"for CUDA {torch.version.cuda}): the node's driver or image does not match the installed torch "
-        "(README, Clusters: the driver and CUDA versions the images need). Refusing to run on the CPU instead.")
+        f"{why}, but torch sees no CUDA device on node {socket.gethostname()} (torch {torch.__version__}, {build}; "
+        f"this node: {installed_driver()}): the node's driver or image does not match the installed torch "
+        "(cluster/gpu_stack.yaml). Refusing to run on the CPU instead.")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

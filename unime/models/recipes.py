@@ -43,6 +43,11 @@ SQUASH_SIDES: dict[str, int | None] = {"high": 1344, "mid": 672, "low": 128, "na
 PATCH_FACTOR = 28  # Qwen2-VL / Qwen2.5-VL: 14-pixel patches merged 2x2
 MAX_ASPECT_RATIO = 200
 
+# PIL ``info`` key marking an image as already prepared by a recipe (kept through pickling):
+# a cache may hold prepared images, and preparing one again must change nothing (the
+# reranker's squash-then-fit is not idempotent: a fitted 476x476 squashed back to 1344 is not
+# the same image)
+PREPARED = "unime.prepared"
 QWEN_IMAGE_PAD = "<|image_pad|>"
 QWEN_IMAGE_SEQUENCE = "<|vision_start|><|image_pad|><|vision_end|>"
 _MMEB_PLACEHOLDER = re.compile(re.escape(MMEB_IMAGE_PLACEHOLDER))
@@ -90,8 +95,11 @@ class InputRecipe:
 
     def embed_image(self, image: Any, resolution: Resolution):
         """The image as the embedder's processor receives it: squashed in its own mode (the
-        processor converts it to RGB afterwards, as the authors' code does)."""
-        return None if image is None else squash(image, resolution)
+        processor converts it to RGB afterwards, as the authors' code does). An image this
+        recipe already prepared the same way passes through."""
+        if image is None:
+            return None
+        return _prepared_once(image, (self.name, "embed", resolution), lambda: squash(image, resolution))
 
     def position_ids(self, attention_mask):
         """1-D positions counted over real tokens (padding at 1), or None for the model's own."""
@@ -111,9 +119,13 @@ class InputRecipe:
         """The image as the reranker's processor receives it: squash, RGB, fit the budget."""
         if image is None or isinstance(image, str):
             return image
+        bounds = fit_pixels or self.rerank_fit_pixels
+        return _prepared_once(image, (self.name, "rerank", resolution, bounds),
+                              lambda: self._rerank_resize(image, resolution, bounds))
+
+    def _rerank_resize(self, image, resolution: Resolution, bounds: tuple[int, int] | None):
         image = squash(image, resolution)
         image = rgba_on_white(image) if self.rerank_rgba_on_white else image.convert("RGB")
-        bounds = fit_pixels or self.rerank_fit_pixels
         if bounds is None:
             return image
         height, width = fit_to_budget(image.height, image.width, *bounds)
@@ -165,6 +177,17 @@ class InputRecipe:
     def resolution_for(self, use: str, override: Resolution | None = None) -> Resolution:
         """The image resolution of one use of a model (``train_embedder``, ``eval``, ...)."""
         return override or self.stage_resolutions.get(use, self.stage_resolutions["default"])
+
+
+def _prepared_once(image, key: tuple, prepare):
+    """``prepare()`` marked with ``key``, or ``image`` itself when it carries that mark."""
+    if image.info.get(PREPARED) == key:
+        return image
+    prepared = prepare()
+    if prepared is image:
+        prepared = image.copy()  # never mark the caller's own image
+    prepared.info[PREPARED] = key
+    return prepared
 
 
 def squash(image, resolution: Resolution):

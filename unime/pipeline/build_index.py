@@ -9,11 +9,9 @@ placed by ``index.placement`` (on a GPU when it asks for one). Output
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pyarrow.compute as pc
 
-from unime.config import PipelineConfig
+from unime.config import PipelineConfig, fingerprint_view
 from unime.data.readers import read_pairs
 from unime.data.storage import join
 from unime.index import IndexSpec, write_index
@@ -41,9 +39,8 @@ def run(config: PipelineConfig) -> dict:
     run_dir, options = config.run_dir, config.data.storage_options
     embedder = manifest.trained_or(run_dir, train_embedder, config.index.embedder, config.models.embedder, options)
     pairs, source = corpus_pairs(config)
-    index = asdict(config.index)
-    index.pop("placement")  # where it is built changes nothing in it
-    stage_fingerprint = manifest.fingerprint({"source": source, "index": index, "embedder": embedder,
+    stage_fingerprint = manifest.fingerprint({"source": source, "index": fingerprint_view(config.index),
+                                              "embedder": embedder,
                                               "inputs": config.embedder_inputs(),
                                               "trained": (manifest.read_manifest(run_dir, train_embedder.STAGE, options)
                                                           or {}).get("fingerprint")})

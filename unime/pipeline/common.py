@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unime.config import ActorConfig
-from unime.data.images import ImageLimits, load_image, resolve_image
 from unime.data.storage import filesystem, list_files, read_bytes
 
 
@@ -61,26 +60,3 @@ def embeddings_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     width = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
-
-
-class ImageCache:
-    """Loads each distinct image once per actor (a query's image recurs in all its pairs).
-
-    Images keep their own mode (RGBA, palette, ...): the model's input recipe converts them,
-    before or after resizing as the recipe says.
-    """
-
-    def __init__(self, image_root: str, limits: ImageLimits, storage_options: dict | None = None,
-                 capacity: int = 4096):
-        self.image_root, self.limits, self.storage_options = image_root, limits, storage_options
-        self.capacity, self._images = capacity, {}
-
-    def get(self, image: str | None):
-        if not image:
-            return None
-        if image not in self._images:
-            if len(self._images) >= self.capacity:
-                self._images.pop(next(iter(self._images)))
-            self._images[image] = load_image(resolve_image(image, self.image_root), self.limits, self.storage_options,
-                                             keep_mode=True)
-        return self._images[image]

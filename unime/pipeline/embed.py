@@ -1,25 +1,28 @@
 """Embed stage: every unique query and candidate of the ingested pairs, once, on an actor pool.
 
 Items are de-duplicated by content id (a candidate shared by several datasets is embedded
-once) and sorted by an input-length estimate, so that each batch pads little. Output:
-parquet shards ``(id, is_candidate, embedding)`` under ``<run_dir>/embed/embeddings/``.
+once) and sorted by an input-length estimate, so that each batch pads little. Images are
+fetched, decoded and resized by Ray Data tasks on CPU nodes (``ray.data_task_resources``)
+ahead of the embedder actors, so the GPU never waits on S3 or a decoder. Output: parquet
+shards ``(id, is_candidate, embedding)`` under ``<run_dir>/embed/embeddings/``.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unime.config import PipelineConfig
-from unime.data.images import ImageLimits
+from unime.config import PipelineConfig, fingerprint_view
+from unime.data.images import ImageCache, ImageLimits
 from unime.data.storage import arrow_filesystem, join
+from unime.models.recipes import get_recipe
 from unime.monitoring import record
 from unime.pipeline import ingest, manifest
 from unime.pipeline.common import (
-    ImageCache,
     actor_options,
     embeddings_column,
     read_parquet_dir,
@@ -47,25 +50,39 @@ def unique_items(pairs: pa.Table) -> pa.Table:
     return merged.append_column("length", length).sort_by([("length", "ascending"), ("id", "ascending")])
 
 
-class EmbedBatch:
-    """Ray Data callable class: loads the embedder once, embeds batches of items."""
+def prepared_images(batch: pa.Table, image_root: str, limits: dict, storage_options: dict,
+                    input_format: str = "qwen2-vl-native", image_resolution: str | None = None) -> pa.Table:
+    """A CPU task's work: each item's image fetched, decoded and resized as the embedder's
+    recipe feeds it (:meth:`unime.models.Embedder.prepare_image`), pickled with its mode and
+    palette into ``image_data`` (empty for text-only items). An image seen twice in the batch
+    is loaded once."""
+    recipe = get_recipe(input_format)
+    resolution = recipe.resolution_for("eval", image_resolution)  # the Embedder's default use
+    images = ImageCache(image_root, ImageLimits(**limits), storage_options,
+                        prepare=lambda image: recipe.embed_image(image, resolution))
+    data = [pickle.dumps(images.get(path), protocol=5) if path else b"" for path in batch["image"].to_pylist()]
+    return batch.drop_columns(["image"]).append_column("image_data", pa.array(data, pa.binary()))
 
-    def __init__(self, model: str, dtype: str, device: str, min_pixels, max_pixels, image_root: str,
-                 limits: dict, storage_options: dict, stage: str = "embed", input_format: str = "qwen2-vl-native",
-                 image_resolution: str | None = None):
+
+class EmbedBatch:
+    """Ray Data callable class: loads the embedder once, embeds batches of items whose images
+    :func:`prepared_images` has already loaded."""
+
+    def __init__(self, model: str, dtype: str, device: str, min_pixels, max_pixels, stage: str = "embed",
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
+                 storage_options: dict | None = None):
         from unime.models import Embedder
 
         self.embedder = Embedder(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
                                  input_format=input_format, image_resolution=image_resolution,
                                  storage_options=storage_options)
-        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
         self.stage = stage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from unime.models import EmbedItem
 
-        items = [EmbedItem(text, self.images.get(image)) for text, image in
-                 zip(batch["text"].to_pylist(), batch["image"].to_pylist())]
+        items = [EmbedItem(text, pickle.loads(data) if data else None) for text, data in
+                 zip(batch["text"].to_pylist(), batch["image_data"].to_pylist())]
         vectors = self.embedder.encode(items)
         record("unime_items_embedded_total", len(items), stage=self.stage)
         return pa.table({"id": batch["id"], "is_candidate": batch["is_candidate"],
@@ -84,14 +101,19 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
     fs.delete_dir_contents(inner, missing_dir_ok=True)
     blocks = max(1, min(config.embed.actors.num_actors * 4, items.num_rows // config.embed.batch_size))
     columns = [c for c in items.column_names if c != "length"]
+    inputs = config.model_inputs() | {"input_format": input_format or config.models.input_format}
     dataset = ray.data.from_arrow(items.select(columns)).repartition(blocks)
+    dataset = dataset.map_batches(
+        prepared_images, batch_format="pyarrow", batch_size=config.embed.batch_size,
+        fn_kwargs={"image_root": data.image_root, "limits": asdict(data.limits),
+                   "storage_options": data.storage_options, **inputs},
+        num_cpus=config.embed.image_cpus, **task_options(config.ray.data_task_resources))
     dataset = dataset.map_batches(
         EmbedBatch, batch_format="pyarrow", batch_size=config.embed.batch_size,
         fn_constructor_kwargs={
             "model": model, "dtype": config.models.dtype, "device": config.models.device,
             "min_pixels": config.models.min_pixels, "max_pixels": config.models.max_pixels,
-            "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
-            "stage": stage, **(config.model_inputs() | {"input_format": input_format or config.models.input_format}),
+            "storage_options": data.storage_options, "stage": stage, **inputs,
         },
         **actor_options(config.embed.actors))
     dataset.write_parquet(inner, filesystem=fs, ray_remote_args=task_options(config.ray.data_task_resources))
@@ -107,7 +129,8 @@ def run(config: PipelineConfig) -> dict:
         raise RuntimeError(f"embed needs the ingest stage's output under {run_dir}")
     model = config.embed.model or config.models.embedder
     stage_fingerprint = manifest.fingerprint({"ingest": upstream["fingerprint"], "model": model,
-                                              "models": asdict(config.models), "embed": asdict(config.embed)})
+                                              "models": fingerprint_view(config.models),
+                                              "embed": fingerprint_view(config.embed)})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
         return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from unime.config import PipelineConfig
-from unime.data.images import ImageLimits
+from unime.config import PipelineConfig, fingerprint_view
+from unime.data.images import ImageCache, ImageLimits
 from unime.data.readers import read_eval, read_many
 from unime.data.storage import join, write_bytes
 from unime.eval.harness import (
@@ -33,7 +33,7 @@ from unime.eval.harness import (
 from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
 from unime.models.recipes import get_recipe
 from unime.pipeline import manifest, train_embedder, train_reranker
-from unime.pipeline.common import ImageCache, actor_options, write_parquet
+from unime.pipeline.common import actor_options, write_parquet
 from unime.pipeline.embed import embed_items
 from unime.pipeline.retrieve import EmbeddingStore
 from unime.reporting import figure_png, new_figure
@@ -51,7 +51,7 @@ class RerankBatch:
     def __init__(self, model: str, backend: str, modes: list[str], dtype: str, device: str, image_root: str,
                  limits: dict, storage_options: dict, input_format: str = "qwen2-vl-native",
                  image_resolution: str | None = None, max_model_len: int = 8192, engine: dict | None = None,
-                 min_pixels: int | None = None, max_pixels: int | None = None):
+                 min_pixels: int | None = None, max_pixels: int | None = None, image_cache_mib: int = 2048):
         from unime.rerank import Reranker
 
         engine = {"engine": engine} if backend == "vllm" else {}
@@ -59,7 +59,8 @@ class RerankBatch:
                                  image_resolution=image_resolution, min_pixels=min_pixels, max_pixels=max_pixels,
                                  max_model_len=max_model_len, storage_options=storage_options, **engine)
         self.modes = modes
-        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
+                                 prepare=self.reranker.prepare_image)
 
     def rank(self, query, candidates, mode: str):
         from unime.judge import PromptTooLongError
@@ -109,6 +110,7 @@ def rerank(config: PipelineConfig, rows: pa.Table, model: str) -> pa.Table:
                                "modes": list(config.eval.rerank_modes), "dtype": config.models.dtype,
                                "device": config.models.device, "image_root": data.image_root,
                                "limits": asdict(data.limits), "storage_options": data.storage_options,
+                               "image_cache_mib": data.image_cache_mib,
                                **config.reranker_inputs(), "engine": asdict(config.eval.rerank_engine)},
         **actor_options(config.eval.actors)).take_all())
 
@@ -145,7 +147,7 @@ def run(config: PipelineConfig) -> dict:
     embedder = manifest.trained_or(run_dir, train_embedder, config.eval.embedder, config.models.embedder, options)
     reranker = manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options)
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
-    stage_fingerprint = manifest.fingerprint({"eval": asdict(config.eval), "embedder": embedder, "reranker": reranker,
+    stage_fingerprint = manifest.fingerprint({"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
                                               "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
                                               "inputs": [config.embedder_inputs(), config.reranker_inputs()]})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import pyarrow as pa
 
-from unime.config import DataConfig
+from unime.config import DataConfig, fingerprint_view
 from unime.data import schemas
 from unime.data.images import ImageChecker, ImageLimits
 from unime.data.readers import SUFFIXES, read_rows
@@ -59,7 +59,7 @@ def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None 
     files = input_files(data)
     if not files:
         raise FileNotFoundError(f"no training files ({', '.join(SUFFIXES)}) under {data.train}")
-    stage_fingerprint = manifest.fingerprint({"files": files, "data": asdict(data)})
+    stage_fingerprint = manifest.fingerprint({"files": files, "data": fingerprint_view(data)})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
         return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
 

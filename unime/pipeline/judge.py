@@ -21,13 +21,13 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
-from unime.config import PipelineConfig
-from unime.data.images import ImageLimits
+from unime.config import PipelineConfig, fingerprint_view
+from unime.data.images import ImageCache, ImageLimits
 from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
-from unime.judge import build_judge_messages, make_judge
+from unime.judge import PromptTooLongError, build_judge_messages, make_judge
 from unime.monitoring import record
 from unime.pipeline import embed, ingest, manifest, retrieve
-from unime.pipeline.common import ImageCache, actor_options, read_parquet_dir, write_parquet
+from unime.pipeline.common import actor_options, read_parquet_dir, write_parquet
 
 STAGE = "judge"
 SCORES = pa.schema([("query_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64())])
@@ -67,14 +67,15 @@ class JudgeShards:
 
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
-                 hf_batch_size: int, fail_after_shards: int | None = None):
+                 hf_batch_size: int, fail_after_shards: int | None = None, image_cache_mib: int = 2048):
         self.judge = make_judge(backend, model, dtype=dtype, device=device, storage_options=storage_options,
                                 **judge_options)
         if hasattr(self.judge, "warm_up"):
             self.judge.warm_up()
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-engine")
         self.backend, self.run_dir, self.storage_options = backend, run_dir, storage_options
-        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options)
+        self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
+                                 prepare=getattr(self.judge, "prepare_image", None))
         self.queries_per_call, self.hf_batch_size = queries_per_call, hf_batch_size
         self.fail_after_shards, self.shards_started, self.in_flight = fail_after_shards, 0, 0
 
@@ -123,7 +124,11 @@ class JudgeShards:
             started = time.time()
             requests = await asyncio.to_thread(
                 read_parquet_dir, shard_path(self.run_dir, "requests", shard), self.storage_options)
-            scores = await self.score_requests(requests)
+            try:
+                scores = await self.score_requests(requests)
+            except PromptTooLongError as exc:  # name the shard; judge.max_model_len is the knob
+                raise PromptTooLongError(f"{shard_path(self.run_dir, 'requests', shard)}: {exc}; raise "
+                                         "judge.max_model_len or lower judge.max_pixels") from exc
             await asyncio.to_thread(write_parquet, scores, shard_path(self.run_dir, "scores", shard),
                                     self.storage_options)
             return scores.num_rows, started, time.time()
@@ -138,9 +143,7 @@ class JudgeShards:
 
 
 def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]:
-    judge = asdict(config.judge)
-    judge.pop("actors")  # where the actors run, and how big their engines are, change nothing they write
-    judge.pop("engine")
+    judge = fingerprint_view(config.judge)  # where the actors run and their engines' size change nothing
     model = config.judge.model or config.models.judge
     return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model, "dtype": config.models.dtype,
                                  "inputs": config.model_inputs()}), model
@@ -191,6 +194,7 @@ def run(config: PipelineConfig) -> dict:
                               "max_pixels": judge.max_pixels, "engine": asdict(judge.engine),
                               **config.model_inputs()},
             "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),
+            "image_cache_mib": data.image_cache_mib,
             "storage_options": options, "queries_per_call": judge.queries_per_call,
             "hf_batch_size": judge.hf_batch_size, "fail_after_shards": config.faults.judge_fail_after_shards,
         }, **actor_options(judge.actors)).take_all()

@@ -10,12 +10,11 @@ Every pair is either a record or a skipped row.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
 
-from unime.config import PipelineConfig
+from unime.config import PipelineConfig, fingerprint_view
 from unime.data import schemas
 from unime.data.mined import write_mined
 from unime.data.storage import join, write_bytes
@@ -85,7 +84,7 @@ def run(config: PipelineConfig) -> dict:
     upstream = manifest.read_manifest(run_dir, judge.STAGE, options)
     if upstream is None:
         raise RuntimeError(f"mine needs the judge stage's output under {run_dir}")
-    stage_fingerprint = manifest.fingerprint({"judge": upstream["fingerprint"], "mining": asdict(config.mining)})
+    stage_fingerprint = manifest.fingerprint({"judge": upstream["fingerprint"], "mining": fingerprint_view(config.mining)})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
         return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-from unime.config import PLACEMENT_KEYS
+from unime.config import fingerprint_view
 from unime.data.storage import arrow_filesystem, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from unime.models.checkpoints import local_checkpoint
 from unime.pipeline import manifest, mine
@@ -115,7 +114,7 @@ def run_training_stage(config, stage: str, train, base_model: str, inputs: dict,
     upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
     if upstream is None:
         raise RuntimeError(f"{stage} needs the mine stage's output under {run_dir}")
-    learned = {k: v for k, v in asdict(train).items() if k not in PLACEMENT_KEYS}
+    learned = fingerprint_view(train)
     stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": learned,
                                               "model": base_model, "dtype": config.models.dtype,
                                               "inputs": inputs})
@@ -125,6 +124,7 @@ def run_training_stage(config, stage: str, train, base_model: str, inputs: dict,
     trainer, examples = build()
     progress, published = publish(trainer.fit(), base_model, run_dir, stage, train, config.models.dtype, options)
     losses = progress["losses"]
-    rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1]}
+    rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1],
+            "skipped_over_token_budget": progress.get("skipped_examples", 0)}
     return manifest.write_manifest(run_dir, stage, stage_fingerprint, {"rows": rows, "published_by": published},
                                    options) | {"skipped": False}

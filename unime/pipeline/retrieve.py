@@ -10,13 +10,11 @@ best first.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unime.config import PipelineConfig
+from unime.config import PipelineConfig, fingerprint_view
 from unime.data.storage import join, list_files
 from unime.mining import IndexSpec, retrieve_pool
 from unime.pipeline import embed, ingest, manifest
@@ -107,9 +105,7 @@ def run(config: PipelineConfig) -> dict:
     upstream = manifest.read_manifest(run_dir, embed.STAGE, data.storage_options)
     if upstream is None:
         raise RuntimeError(f"retrieve needs the embed stage's output under {run_dir}")
-    mining = asdict(config.mining)
-    mining.pop("placement")  # where the search runs changes nothing it finds
-    stage_fingerprint = manifest.fingerprint({"embed": upstream["fingerprint"], "mining": mining})
+    stage_fingerprint = manifest.fingerprint({"embed": upstream["fingerprint"], "mining": fingerprint_view(config.mining)})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
         return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
     import ray

@@ -31,6 +31,7 @@ def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
                            **config.embedder_inputs(),
                            "image_root": data.image_root, "limits": asdict(data.limits),
+                           "image_cache_mib": data.image_cache_mib,
                            "storage_options": data.storage_options, "seed": train.seed},
     }
     return torch_trainer(train_loop_per_worker, loop_config, train, config.run_dir, STAGE, name,

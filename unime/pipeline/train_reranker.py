@@ -35,6 +35,7 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
         "checkpoint_every": train.checkpoint_every, "fail_after_step": config.faults.train_fail_after_step,
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
                            "image_root": data.image_root, "limits": asdict(data.limits),
+                           "image_cache_mib": data.image_cache_mib,
                            "storage_options": data.storage_options, "seed": train.seed,
                            **config.reranker_inputs()},
     }

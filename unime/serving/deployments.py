@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from dataclasses import asdict
 
@@ -128,8 +129,7 @@ def observed(route: str):
 class Ingress:
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
                  image_root: str = "", storage_options: dict | None = None):
-        from unime.data.images import ImageLimits
-        from unime.pipeline.common import ImageCache
+        from unime.data.images import ImageCache, ImageLimits
 
         self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
         self.limits, self.api_key, self.rerank_mode = ServeLimits(**limits), api_key, rerank_mode
@@ -196,7 +196,7 @@ class Ingress:
             query = check_item(request.query, self.limits, "query", request.instruction)
             vector = await self.embedder.embed.remote(query)
             embedded = time.perf_counter()
-            wanted = max(request.top_k, request.rerank_k if request.rerank else 0)
+            wanted, rerank_error = max(request.top_k, request.rerank_k if request.rerank else 0), None
             hits = await self.retriever.search.remote(vector, wanted)
             retrieved = time.perf_counter()
             for rank, hit in enumerate(hits):
@@ -204,12 +204,16 @@ class Ingress:
             if request.rerank and hits:
                 head = hits[: request.rerank_k]
                 candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
-                ranking = checked(await self.reranker.rank.remote((query[0], query[1]), candidates, mode))
-                for k, score in enumerate(ranking["scores"]):
-                    head[k]["rerank_score"] = score
-                hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
+                ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
+                if "error" in ranking:  # the corpus's own items overflow the budget: retrieval order
+                    rerank_error = ranking["error"]
+                else:
+                    for k, score in enumerate(ranking["scores"]):
+                        head[k]["rerank_score"] = score
+                    hits = [head[k] for k in ranking["order"]] + hits[request.rerank_k:]
             done = time.perf_counter()
-        return {"results": hits[: request.top_k], "rerank_mode": mode if request.rerank else None,
+        return {"results": hits[: request.top_k], "rerank_mode": mode if request.rerank and not rerank_error else None,
+                "rerank_error": rerank_error,
                 "timings_ms": {"embed": 1000 * (embedded - started), "retrieve": 1000 * (retrieved - embedded),
                                "rerank": 1000 * (done - retrieved), "total": 1000 * (done - started)}}
 
@@ -235,12 +239,17 @@ def build_app(config):
     embedder = manifest.trained_or(run_dir, train_embedder, serve_config.embedder, models.embedder, options)
     reranker = manifest.trained_or(run_dir, train_reranker, serve_config.reranker, models.reranker, options)
     index_dir = serve_config.index_dir or build_index.output_path(run_dir)
-    light = {"num_cpus": serve_config.replica_cpus}
-    model = light | ({"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {}) | (
+    light = {"num_cpus": serve_config.replica_cpus} | (
+        {"resources": dict(serve_config.replica_resources)} if serve_config.replica_resources else {})
+    model = {"num_cpus": serve_config.replica_cpus} | (
+        {"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {}) | (
         {"resources": dict(serve_config.model_resources)} if serve_config.model_resources else {})
     # queries are embedded exactly as the index's items were: its manifest's recipe, resolution
     # and pixel bounds (the config's for an index built before manifests recorded them)
-    inputs = (read_json(join(index_dir, "manifest.json"), options) or {}).get("inputs") or config.embedder_inputs()
+    inputs = config.embedder_inputs() | ((read_json(join(index_dir, "manifest.json"), options) or {}).get("inputs") or {})
+    if serve_config.host in ("0.0.0.0", "::") and not serve_config.api_key:
+        logging.getLogger("unime.serving").warning(
+            "serving on %s without serve.api_key: anyone who reaches the port can search and embed", serve_config.host)
     return Ingress.options(ray_actor_options=light).bind(
         EmbedderDeployment.options(ray_actor_options=model).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs,

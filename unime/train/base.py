@@ -6,6 +6,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,10 +32,12 @@ def apply_lora(model, r: int, alpha: int, dropout: float, use_dora: bool = False
 
 class TrainerBase:
     """One worker's optimisation state. Subclasses set ``model``, ``peft``, ``optimizer``,
-    ``scheduler`` and implement ``step(batch) -> loss``."""
+    ``scheduler``, ``images`` (an :class:`unime.data.images.ImageCache`) and implement
+    ``step(batch) -> loss``."""
 
     model: torch.nn.Module
     peft = None
+    images = None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
@@ -43,6 +47,16 @@ class TrainerBase:
         self.batches_in_epoch = 0
         self.losses: list[float] = []
         self.resumed_at: list[int] = []  # steps this run restarted from (after a failure)
+        self.skipped_examples = 0  # left out of training (over the model's token budget)
+
+    def prefetch(self, batch: dict) -> None:
+        """Load a batch's images (its ``query_image`` and ``cand_images``) into the cache; the
+        worker loop runs this for the next batch while the current one trains."""
+        for path in batch.get("query_image", []):
+            self.images.get(str(path))
+        for paths in batch.get("cand_images", []):
+            for path in paths:
+                self.images.get(str(path))
 
     def clip_gradients(self, max_norm: float | None) -> None:
         """Clip the trainable parameters' gradient norm before an optimiser step (None: off)."""
@@ -59,7 +73,7 @@ class TrainerBase:
                     "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, folder / "state.pt")
         (folder / "progress.json").write_text(json.dumps({
             "step": self.step_count, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-            "losses": self.losses, "resumed_at": self.resumed_at}))
+            "losses": self.losses, "resumed_at": self.resumed_at, "skipped_examples": self.skipped_examples}))
         if self.peft is not None:
             self.peft.save_pretrained(folder / "adapter")
 
@@ -77,6 +91,7 @@ class TrainerBase:
         self.step_count, self.epoch = progress["step"], progress["epoch"]
         self.batches_in_epoch, self.losses = progress["batches_in_epoch"], progress["losses"]
         self.resumed_at = progress.get("resumed_at", [])
+        self.skipped_examples = progress.get("skipped_examples", 0)
 
 
 def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, checkpoint_every: int,
@@ -100,9 +115,8 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
     progress = _progress_bar(context.get_world_rank(), model, trainer.step_count, max_steps)
     while trainer.step_count < max_steps:
         batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
-        for index, batch in enumerate(batches):
-            if index < trainer.batches_in_epoch:
-                continue  # consumed before the checkpoint this run resumed from
+        # batches consumed before the checkpoint this run resumed from are skipped
+        for batch in prefetched(batches, trainer.batches_in_epoch, trainer.prefetch):
             started = time.perf_counter()
             loss = trainer.step(batch)
             _record_step(model, loss, batch_size * world / (time.perf_counter() - started), progress)
@@ -118,6 +132,22 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
             trainer.epoch, trainer.batches_in_epoch = trainer.epoch + 1, 0
     if progress is not None:
         progress.close()
+
+
+def prefetched(batches: Iterable[dict], skip: int, prefetch: Callable[[dict], None]) -> Iterator[dict]:
+    """The batches after the first ``skip``, each handed out once ``prefetch`` (image fetch and
+    decode) has run for it; the next batch's ``prefetch`` runs on a background thread while
+    the consumer uses the current one, so the step never waits on images it could have had."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        upcoming = (batch for index, batch in enumerate(batches) if index >= skip)
+        current = next(upcoming, None)
+        loading = pool.submit(prefetch, current) if current is not None else None
+        while current is not None:
+            following = next(upcoming, None)
+            loading.result()  # the current batch's images are in the cache (or its error raises)
+            loading = pool.submit(prefetch, following) if following is not None else None
+            yield current
+            current = following
 
 
 def _progress_bar(rank: int, model: str, done: int, total: int):

@@ -20,10 +20,9 @@ import pyarrow as pa
 import torch
 
 from unime.config import EmbedderTrainConfig
-from unime.data.images import ImageLimits
+from unime.data.images import ImageCache, ImageLimits
 from unime.losses import info_nce, soft_kl_alignment
 from unime.models import Embedder, EmbedItem
-from unime.pipeline.common import ImageCache
 from unime.train.base import TrainerBase, apply_lora, run_worker_loop
 from unime.train.gradcache import gradcache_step, plain_step
 
@@ -52,7 +51,8 @@ class EmbedderTrainer(TrainerBase):
     def __init__(self, model: str, train: EmbedderTrainConfig, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None, image_root: str = "",
                  limits: dict | None = None, storage_options: dict | None = None, seed: int = 0,
-                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None):
+                 input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
+                 image_cache_mib: int = 2048):
         super().__init__()
         torch.manual_seed(seed)
         self.config = train
@@ -66,7 +66,8 @@ class EmbedderTrainer(TrainerBase):
             self.model.gradient_checkpointing_enable()
             self.model.enable_input_require_grads()
         self.module: torch.nn.Module = self.embedder.encoder  # DDP wraps this under Ray Train
-        self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options)
+        self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options, image_cache_mib << 20,
+                                 prepare=self.embedder.prepare_image)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
         from transformers import get_linear_schedule_with_warmup

@@ -15,12 +15,11 @@ import pyarrow as pa
 import torch
 
 from unime.config import RerankerTrainConfig
-from unime.data.images import ImageLimits
-from unime.judge.hf import ChatInputs, check_prompt_lengths, yes_no_token_ids
+from unime.data.images import ImageCache, ImageLimits
+from unime.judge.hf import ChatInputs, over_budget, yes_no_token_ids
 from unime.judge.prompts import item_parts
 from unime.losses import IGNORE_INDEX, answer_cross_entropy, choice_cross_entropy
 from unime.models import load_model
-from unime.pipeline.common import ImageCache
 from unime.rerank.encoding import encode_with_answers
 from unime.rerank.prompts import build_listwise_messages, build_pairwise_messages, training_chats
 from unime.train.base import TrainerBase, apply_lora, run_worker_loop
@@ -71,7 +70,7 @@ class RerankerTrainer(TrainerBase):
                  dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
                  max_pixels: int | None = None, image_root: str = "", limits: dict | None = None,
                  storage_options: dict | None = None, seed: int = 0, input_format: str = "qwen2-vl-native",
-                 image_resolution: str | None = None, max_model_len: int | None = None):
+                 image_resolution: str | None = None, max_model_len: int | None = None, image_cache_mib: int = 2048):
         super().__init__()
         from unime.models.checkpoints import local_checkpoint
 
@@ -95,7 +94,8 @@ class RerankerTrainer(TrainerBase):
             # makes them require it, so the adapters inside still get gradients
             self.model.enable_input_require_grads()
         self.module: torch.nn.Module = self.model
-        self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options)
+        self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options, image_cache_mib << 20,
+                                 prepare=self.inputs.prepare_image)
         per_step = train.micro_batch_size * world_size
         if train.effective_batch_size % per_step:
             raise ValueError(f"effective_batch_size {train.effective_batch_size} is not a multiple of "
@@ -111,14 +111,27 @@ class RerankerTrainer(TrainerBase):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def micro_loss(self, rows: list[dict]) -> torch.Tensor:
+    def encode(self, rows: list[dict]) -> dict | None:
+        """Model inputs of training rows; an example over the token budget is left out and
+        counted (``skipped_examples``, in the stage's manifest), None if none is left."""
+        chats = self.inputs.prepare([chat_of(r, self.images) for r in rows])
+        answers = [r["answer"] for r in rows]
+        batch = encode_with_answers(self.processor, chats, answers)
+        over = {k for k, _ in over_budget(batch["attention_mask"], self.inputs.max_model_len, generated=0)}
+        if not over:
+            return batch
+        self.skipped_examples += len(over)
+        kept = [k for k in range(len(rows)) if k not in over]
+        return encode_with_answers(self.processor, [chats[k] for k in kept], [answers[k] for k in kept]) if kept else None
+
+    def micro_loss(self, rows: list[dict]) -> torch.Tensor | None:
         if self.config.answer_loss == "yes_no":
             other = next((r["kind"] for r in rows if r["kind"] != "pairwise"), None)
             if other is not None:
                 raise ValueError(f"answer_loss=yes_no trains pairwise chats only; got a {other!r} row")
-        chats = self.inputs.prepare([chat_of(r, self.images) for r in rows])
-        batch = encode_with_answers(self.processor, chats, [r["answer"] for r in rows])
-        check_prompt_lengths(batch["attention_mask"], self.inputs.max_model_len, generated=0)
+        batch = self.encode(rows)
+        if batch is None:
+            return None
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         # Answers end every (left-padded) row: the LM head runs on the positions that predict
@@ -138,7 +151,10 @@ class RerankerTrainer(TrainerBase):
         size = self.config.micro_batch_size
         total = 0.0
         for start in range(0, len(rows), size):
-            loss = self.micro_loss(rows[start: start + size]) / self.accumulation
+            loss = self.micro_loss(rows[start: start + size])
+            if loss is None:  # every example of the micro-batch over the token budget
+                continue
+            loss = loss / self.accumulation
             loss.backward()
             total += float(loss.detach())
         self.clip_gradients(self.config.max_grad_norm)
