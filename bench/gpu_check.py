@@ -192,17 +192,23 @@ def collate(torch, items: list[dict], device, one_d_positions: bool) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def random_model(run: Run, config_class, text: dict, vision: dict):
+    """A random-init image-text model of these shapes on the run's device (no download)."""
+    from transformers import AutoModelForImageTextToText
+
+    config = config_class(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN,
+                          vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+    run.torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(config, dtype=run.dtype()).to(run.device)
+
+
 # -- 2 and 3: the embedder -----------------------------------------------------------------
 def embedder_model(run: Run, shapes: Shapes, dropout: float):
-    from transformers import AutoModelForImageTextToText, Qwen2VLConfig
+    from transformers import Qwen2VLConfig
 
     from unime.train.base import apply_lora
 
-    config = Qwen2VLConfig(text_config=shapes.embedder_text, vision_config=shapes.embedder_vision,
-                           image_token_id=IMAGE_TOKEN, vision_start_token_id=VISION_START,
-                           vision_end_token_id=VISION_END)
-    run.torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config, dtype=run.dtype()).to(run.device)
+    model = random_model(run, Qwen2VLConfig, shapes.embedder_text, shapes.embedder_vision)
     apply_lora(model, r=shapes.lora["embedder"], alpha=4 * shapes.lora["embedder"], dropout=dropout, use_dora=True)
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
@@ -314,15 +320,11 @@ def gradcache_parity(run: Run, shapes: Shapes) -> None:
 
 # -- 4 and 5: the reranker -----------------------------------------------------------------
 def reranker_model(run: Run, shapes: Shapes, checkpointing: bool):
-    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
+    from transformers import Qwen2_5_VLConfig
 
     from unime.train.base import apply_lora
 
-    config = Qwen2_5_VLConfig(text_config=shapes.reranker_text, vision_config=shapes.reranker_vision,
-                              image_token_id=IMAGE_TOKEN, vision_start_token_id=VISION_START,
-                              vision_end_token_id=VISION_END)
-    run.torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config, dtype=run.dtype()).to(run.device)
+    model = random_model(run, Qwen2_5_VLConfig, shapes.reranker_text, shapes.reranker_vision)
     apply_lora(model, r=shapes.lora["reranker"], alpha=2 * shapes.lora["reranker"], dropout=0.05)
     model.model.visual.requires_grad_(False)
     if checkpointing:
