@@ -54,21 +54,12 @@ class RerankBatch:
                  min_pixels: int | None = None, max_pixels: int | None = None, image_cache_mib: int = 2048):
         from unime.rerank import Reranker
 
-        engine = {"engine": engine} if backend == "vllm" else {}
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, input_format=input_format,
                                  image_resolution=image_resolution, min_pixels=min_pixels, max_pixels=max_pixels,
-                                 max_model_len=max_model_len, storage_options=storage_options, **engine)
+                                 max_model_len=max_model_len, storage_options=storage_options, engine=engine)
         self.modes = modes
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
                                  prepare=self.reranker.prepare_image)
-
-    def rank(self, query, candidates, mode: str):
-        from unime.judge import PromptTooLongError
-
-        try:
-            return self.reranker.rank(query, candidates, mode), ""
-        except PromptTooLongError as exc:
-            return None, str(exc)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {f"{mode}_{key}": [] for mode in self.modes for key in ("parsed", "hit", "error")}
@@ -78,7 +69,7 @@ class RerankBatch:
             contents = list(zip(row["cand_texts"], row["cand_images"]))
             positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
             for mode in self.modes:
-                ranking, error = self.rank(query, candidates, mode)
+                ranking, error = self.reranker.rank_or_refusal(query, candidates, mode)
                 out[f"{mode}_error"].append(error)
                 out[f"{mode}_parsed"].append(bool(ranking and ranking.parsed))
                 out[f"{mode}_hit"].append(ranking is not None and reranked_hit(

@@ -194,7 +194,8 @@ class Reranker:
     (:mod:`unime.models.recipes`); ``unime-v2`` feeds the released UniME-V2 reranker what its
     authors' evaluation fed it. ``max_model_len``: the token budget of one prompt on either
     backend (a longer one raises :class:`unime.judge.PromptTooLongError`). ``storage_options``
-    reach a checkpoint on an object store (copied to this node first).
+    reach a checkpoint on an object store (copied to this node first). ``vllm_options`` (e.g.
+    ``engine``) size a vLLM engine; the HF backend has none and ignores them.
     """
 
     def __init__(self, name_or_path: str, backend: str = "hf", dtype: str = "float32", device: str = "auto",
@@ -215,6 +216,17 @@ class Reranker:
     def prepare_image(self, image):
         """An image resized as this reranker's recipe feeds it (for image caches)."""
         return self.backend.judge.prepare_image(image)
+
+    def rank_or_refusal(self, query: tuple[str, Any], candidates: list[tuple[str, Any]],
+                        mode: str = "listwise") -> tuple[Ranking | None, str]:
+        """:meth:`rank`, or None and the reason when the prompt exceeds the token budget (the
+        caller's data, not a fault: evaluation counts a miss, Serve answers 413)."""
+        from unime.judge import PromptTooLongError
+
+        try:
+            return self.rank(query, candidates, mode), ""
+        except PromptTooLongError as exc:
+            return None, str(exc)
 
     def rank(self, query: tuple[str, Any], candidates: list[tuple[str, Any]], mode: str = "listwise") -> Ranking:
         """Order ``candidates`` (``(text, image)`` pairs, images PIL or None) for ``query``."""

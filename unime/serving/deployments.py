@@ -92,17 +92,13 @@ class RerankerDeployment:
                  backend: str = "hf", engine: dict | None = None, storage_options: dict | None = None):
         from unime.rerank import Reranker
 
-        options = {"engine": engine} if backend == "vllm" else {}
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, storage_options=storage_options,
-                                 **(inputs or {}), **options)
+                                 engine=engine, **(inputs or {}))
 
     def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
-        from unime.judge import PromptTooLongError
-
-        try:
-            ranking = self.reranker.rank(query, candidates, mode)
-        except PromptTooLongError as exc:  # the request's fault: a 413 at the ingress, not a 500
-            return {"error": str(exc)}
+        ranking, error = self.reranker.rank_or_refusal(query, candidates, mode)
+        if ranking is None:  # the request's fault: a 413 at the ingress, not a 500
+            return {"error": error}
         return {"order": [int(k) for k in ranking.order], "scores": [float(s) for s in ranking.scores],
                 "parsed": ranking.parsed}
 
