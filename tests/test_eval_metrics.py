@@ -111,9 +111,12 @@ def test_rerank_batch_counts_an_unparsed_answer_as_a_miss():
     import pyarrow as pa
 
     from unime.pipeline.evaluate import RerankBatch
-    from unime.rerank import Ranking
+    from unime.rerank import Ranking, Reranker
 
-    class Unparsed:
+    class Unparsed(Reranker):  # the real refusal wrapper around a fake model's answer
+        def __init__(self):
+            pass
+
         def rank(self, query, candidates, mode):
             return Ranking(order=list(range(len(candidates))), scores=[0.0] * len(candidates), parsed=False)
 
