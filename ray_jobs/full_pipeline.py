@@ -47,9 +47,21 @@ def main(argv: list[str] | None = None, default_stages: list[str] | None = None)
 
         print("\n" + read_bytes(evaluate.output_paths(config.run_dir)["markdown"], config.data.storage_options).decode())
     if "report" in results:
+        print_demo_checks(config)
         print(f"report: {results['report']['path']}")
     print(f"run dir: {config.run_dir}")
     return 0
+
+
+def print_demo_checks(config) -> None:
+    """The report's checks against the demo corpus's ground truth, where it has them."""
+    from unime.data.storage import read_json
+    from unime.pipeline.demo_checks import Check, checks_markdown
+    from unime.pipeline.report import checks_path
+
+    checks = read_json(checks_path(config.run_dir), config.data.storage_options)
+    if checks:
+        print("\nChecked against the demo corpus's ground truth\n\n" + checks_markdown([Check(**c) for c in checks]))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ STAGES = [(name, REGISTRY[name]) for name in MINING_STAGES]
 
 def config_classes() -> dict[str, type]:
     """YAMLs under configs/ that configure another entry point than the pipeline, by name."""
+    from unime.demo_models import DemoModelsConfig
     from unime.experiments.method_effect import MethodEffectConfig
 
-    return {"method_effect.yaml": MethodEffectConfig}
+    return {"method_effect.yaml": MethodEffectConfig, "demo_models.yaml": DemoModelsConfig}
 ROOT = Path(__file__).resolve().parents[1]
 
 

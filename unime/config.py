@@ -91,13 +91,16 @@ class RayConfig:
 
 @dataclass
 class DemoConfig:
-    """Offline set-up for the embedded default: the demo corpus and the tiny checkpoints."""
+    """Offline set-up for the embedded default: the demo corpus, the random-init tiny
+    checkpoints and, with ``models_config`` (a :class:`unime.demo_models.DemoModelsConfig`
+    YAML), the trained tiny checkpoints built from them (:mod:`unime.demo_models`)."""
 
     enabled: bool = False
     corpus_dir: str = "artifacts/demo_data"
     checkpoints_dir: str = "artifacts/tiny"
     corpus: DemoCorpusConfig = field(default_factory=DemoCorpusConfig)
     checkpoint_seed: int = 0
+    models_config: str | None = None
 
 
 @dataclass
@@ -199,6 +202,8 @@ class EvalConfig:
     global_caption_prompt: str | None = None
     global_image_prompt: str | None = None
     compare_with: str | None = None
+    # also score models.embedder (the checkpoint training started from) when a trained one is evaluated
+    compare_off_the_shelf: bool = True
     actors: ActorConfig = field(default_factory=ActorConfig)
 
 
@@ -392,6 +397,8 @@ class RerankerTrainConfig(TrainPlacement):
     lr: float = 2e-5
     warmup_ratio: float = 0.03
     epochs: int = 1
+    # stop after this many optimiser steps when the epochs would take more (None: the epochs decide)
+    max_steps: int | None = None
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05

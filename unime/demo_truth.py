@@ -135,7 +135,8 @@ def filter_quality(filtered: np.ndarray, truly_positive: np.ndarray) -> dict[str
     marks the candidates it removed, ``truly_positive`` those that answer their query."""
     filtered, truly_positive = np.asarray(filtered, dtype=bool), np.asarray(truly_positive, dtype=bool)
     hits = int((filtered & truly_positive).sum())
-    return {"filtered": int(filtered.sum()), "false_negatives": int(truly_positive.sum()), "caught": hits,
+    return {"candidates": len(filtered), "filtered": int(filtered.sum()), "false_negatives": int(truly_positive.sum()),
+            "caught": hits, "base_rate": float(truly_positive.mean()) if len(filtered) else float("nan"),
             "precision": hits / filtered.sum() if filtered.any() else float("nan"),
             "recall": hits / truly_positive.sum() if truly_positive.any() else float("nan")}
 

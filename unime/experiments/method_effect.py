@@ -419,11 +419,13 @@ def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1) -> list[dict]:
     return examples
 
 
-def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe,
-                     image_root: Path, out_dir: Path, seed: int = 0) -> tuple[Path, list[float]]:
+def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe, image_root: Path, out_dir: Path,
+                     seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None,
+                     after_step: Callable[[int], None] | None = None) -> tuple[Path, list[float]]:
     """Full fine-tuning with the reranker trainer (vision tower included, since the model starts
     from random init), saved where ``from_pretrained`` loads it; returns the folder and the
-    loss curve."""
+    loss curve. ``min/max_pixels`` override the processor's image bounds, and are saved with
+    it; ``after_step(step)`` runs after every optimiser step."""
     from unime.train.reranker import RerankerTrainer
 
     answer_loss = recipe.answer_loss
@@ -437,9 +439,12 @@ def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe,
         # P(Yes) then cancels within the batch. Shuffled apart, a judge trained from random
         # init stayed at chance (held-out AUC 0.49 against 0.92, README).
         examples, group = [row for row in examples if row["kind"] == "pairwise"], 2
-    trainer = RerankerTrainer(str(checkpoint), train, max_steps=recipe.steps, image_root=str(image_root), seed=seed)
+    trainer = RerankerTrainer(str(checkpoint), train, max_steps=recipe.steps, image_root=str(image_root), seed=seed,
+                              min_pixels=min_pixels, max_pixels=max_pixels)
     for batch in _batches(examples, recipe.chats_per_step, recipe.steps, seed, group):
         trainer.step(batch)
+        if after_step:
+            after_step(trainer.step_count)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out_dir)
     trainer.processor.save_pretrained(out_dir)

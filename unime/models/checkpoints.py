@@ -46,7 +46,7 @@ def remote_listing(url: str, storage_options: dict | None = None) -> tuple[list[
 
 
 @contextlib.contextmanager
-def _node_lock(path: Path):
+def node_lock(path: Path):
     """An exclusive lock on ``path`` (a file) shared by every process of this node."""
     import fcntl
 
@@ -72,7 +72,7 @@ def local_checkpoint(name_or_path: str, storage_options: dict | None = None) -> 
     target = cache_root() / f"{name}-{version}"
     if (target / COMPLETE_MARKER).exists():
         return str(target)
-    with _node_lock(cache_root() / f"{name}.lock"):
+    with node_lock(cache_root() / f"{name}.lock"):
         if not (target / COMPLETE_MARKER).exists():  # another process of this node may have finished it
             _prune(name)
             _download(name_or_path, files, target, storage_options)

@@ -1,7 +1,8 @@
 """serve stage: deploy the retrieve-then-rerank app on this Ray cluster and try one search.
 
 Starts Serve on ``serve.host:serve.port``, deploys :func:`unime.serving.deployments.build_app`,
-sends one example query over HTTP and records the answer under ``<run_dir>/serve/``. With
+sends one example query over HTTP, reranked and not, and records both answers under
+``<run_dir>/serve/`` (``example_search.json``, ``example_search_retrieval.json``). With
 ``serve.keep_running: false`` (the demo) the app is shut down afterwards; on a cluster it
 keeps serving. Never skipped: a deployment is a side effect, not a cached artefact.
 """
@@ -17,14 +18,15 @@ from unime.data.storage import join, write_bytes
 STAGE = "serve"
 
 
-def example_search(base_url: str, query: str, api_key: str | None, timeout_s: float = 60) -> dict:
+def example_search(base_url: str, query: str, api_key: str | None, timeout_s: float = 60, rerank: bool = True) -> dict:
     import requests
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.time() + timeout_s
     while True:
         try:
-            response = requests.post(f"{base_url}/v1/search", json={"query": {"text": query}, "top_k": 5},
+            response = requests.post(f"{base_url}/v1/search", json={"query": {"text": query}, "top_k": 5,
+                                                                     "rerank": rerank},
                                      headers=headers, timeout=timeout_s)
             response.raise_for_status()
             return response.json()
@@ -44,8 +46,10 @@ def run(config: PipelineConfig) -> dict:
     serve.run(build_app(config), name="unime", route_prefix="/")
     base_url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{settings.port}"
     answer = example_search(base_url, settings.example_query, settings.api_key)
-    write_bytes(join(config.run_dir, STAGE, "example_search.json"), json.dumps(answer, indent=2).encode(),
-                config.data.storage_options)
+    retrieval_only = example_search(base_url, settings.example_query, settings.api_key, rerank=False)
+    for name, payload in (("example_search.json", answer), ("example_search_retrieval.json", retrieval_only)):
+        write_bytes(join(config.run_dir, STAGE, name), json.dumps(payload, indent=2).encode(),
+                    config.data.storage_options)
     top = answer["results"][:3]
     if not settings.keep_running:
         serve.shutdown()

@@ -139,6 +139,7 @@ def run(config: PipelineConfig) -> dict:
     reranker = manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options)
     upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     stage_fingerprint = manifest.fingerprint({"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
+                                              "off_the_shelf": config.models.embedder,
                                               "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
                                               "inputs": [config.embedder_inputs(), config.reranker_inputs()]})
     if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
@@ -153,13 +154,16 @@ def run(config: PipelineConfig) -> dict:
     write_parquet(read.quarantine_table(), join(run_dir, STAGE, "quarantine.parquet"), options)
     captions, images, caption_image = global_items(global_rows, *global_prompts(config))
     items, references = eval_items(tables, captions + images)
-    embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
-    store = EmbeddingStore(join(run_dir, STAGE, "embeddings"), options)
-    vectors = dict(zip(items["id"].to_pylist(), store.vectors(items["id"].to_pylist())))
+    vectors = item_vectors(config, items, embedder, "embeddings")
     scores = {name: [row_scores(row, vectors) for row in tqdm(table.to_pylist(), desc=f"scoring {name}", leave=False)]
               for name, table in tables.items()}
     per_dataset = {name: subset_metrics(rows) for name, rows in scores.items()}
     global_result = global_recall(captions, images, caption_image, vectors) if global_rows else None
+    off_the_shelf = None
+    if config.eval.compare_off_the_shelf and embedder != config.models.embedder:
+        off_the_shelf = off_the_shelf_scores(config, items, tables, groups)
+        for name, value in off_the_shelf["per_dataset"].items():
+            per_dataset[name]["off_the_shelf_P@1"] = value
 
     reranked_summary = None
     if config.eval.rerank and config.eval.rerank_modes:
@@ -180,11 +184,13 @@ def run(config: PipelineConfig) -> dict:
         reranked_summary = reranked_by_mode[headline] | {"mode": headline, "by_mode": reranked_by_mode}
     aggregated = aggregate({name: d["P@1"] for name, d in per_dataset.items()}, groups)
     summary = {"embedder": embedder, "reranker": reranker, "aggregate": aggregated, "reranked": reranked_summary,
-               "global": global_result,
+               "off_the_shelf": off_the_shelf, "global": global_result,
                "items": {"unique": items.num_rows, "references": references,
                          "dedup_saving": 1 - items.num_rows / max(1, references)},
                "quarantined_rows": len(read.quarantine)}
     markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
+    if off_the_shelf:
+        markdown += "\n\n" + summary_markdown(off_the_shelf["aggregate"], "off-the-shelf embedder (before training)")
     if reranked_summary:
         for mode, reranked in reranked_summary["by_mode"].items():
             markdown += "\n\n" + summary_markdown(reranked, f"+ rerank ({mode})")
@@ -200,9 +206,26 @@ def run(config: PipelineConfig) -> dict:
     rows = {"subsets": len(tables), "rows": sum(d["rows"] for d in per_dataset.values()),
             "overall_P@1": aggregated["scores"]["Overall"],
             "overall_P@1_reranked": reranked_summary["scores"]["Overall"] if reranked_summary else None,
+            "overall_P@1_off_the_shelf": off_the_shelf["aggregate"]["scores"]["Overall"] if off_the_shelf else None,
             "unique_items": items.num_rows, "item_references": references,
             "global_t2i_R@1": global_result["t2i_R@1"] if global_result else None}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+
+
+def item_vectors(config: PipelineConfig, items: pa.Table, embedder: str, folder: str) -> dict[str, np.ndarray]:
+    """Content id -> embedding of every item, embedded on the actor pool into ``folder``."""
+    out = join(config.run_dir, STAGE, folder)
+    embed_items(items, embedder, config, out, STAGE)
+    ids = items["id"].to_pylist()
+    return dict(zip(ids, EmbeddingStore(out, config.data.storage_options).vectors(ids)))
+
+
+def off_the_shelf_scores(config: PipelineConfig, items: pa.Table, tables: dict[str, pa.Table], groups) -> dict:
+    """Precision@1 of ``models.embedder``, the checkpoint training started from, on the same rows."""
+    vectors = item_vectors(config, items, config.models.embedder, "off_the_shelf_embeddings")
+    per_dataset = {name: subset_metrics([row_scores(row, vectors) for row in table.to_pylist()])["P@1"]
+                   for name, table in tables.items()}
+    return {"embedder": config.models.embedder, "per_dataset": per_dataset, "aggregate": aggregate(per_dataset, groups)}
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from unime.data.images import ImageError, ImageLimits, load_image, resolve_image
 from unime.data.storage import exists, join, read_bytes, read_json, write_bytes
 from unime.pipeline import evaluate, manifest, mine, train_embedder, train_reranker
 from unime.pipeline.common import read_parquet_dir
+from unime.pipeline.demo_checks import Check, demo_checks
 from unime.reporting import (
     Section,
     figure,
@@ -99,6 +100,7 @@ def filter_section(config: PipelineConfig, summary: dict | None) -> Section:
     truth = filter_truth(config)
     if truth:
         rows += [["true false negatives in the pools (ground truth)", truth["false_negatives"]],
+                 ["base rate of true false negatives in the pools", truth["base_rate"]],
                  ["filter precision vs. ground truth", truth["precision"]],
                  ["filter recall vs. ground truth", truth["recall"]]]
     return Section("false-negatives", "False-negative filter", table(["", "value"], rows, "{:.3f}"))
@@ -109,7 +111,7 @@ def filter_truth(config: PipelineConfig) -> dict | None:
     records it (the demo corpus's ``attributes.parquet`` under ``data.image_root``)."""
     import numpy as np
 
-    from unime.demo_truth import DemoTruth, filter_quality, pool_truth
+    from unime.demo_truth import DemoTruth, filter_quality, pool_truth, roc_auc
     from unime.mining import pool_filter_flags, score_lookup
     from unime.pipeline import embed, ingest, judge, retrieve
 
@@ -120,8 +122,11 @@ def filter_truth(config: PipelineConfig) -> dict | None:
     items = embed.unique_items(read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options))
     truly = np.array([v for row in pool_truth(pools, items, DemoTruth.load(config.data.image_root, options))
                       for v in row], dtype=bool)
-    filtered, _ = pool_filter_flags(pools, score_lookup(judge.read_scores(run_dir, options)), config.mining.beta)
-    return filter_quality(np.array(filtered), truly)
+    filtered, pool_scores = pool_filter_flags(pools, score_lookup(judge.read_scores(run_dir, options)),
+                                              config.mining.beta)
+    quality = filter_quality(np.array(filtered), truly)
+    both_classes = 0 < truly.sum() < len(truly)
+    return quality | {"pool_auc": roc_auc(np.array(pool_scores), truly) if both_classes else None}
 
 
 def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
@@ -198,12 +203,27 @@ def run(config: PipelineConfig) -> dict:
     sections = [stages_section(config, [s for s in STAGES if s != STAGE]), judge_section(summary, written),
                 filter_section(config, summary), gallery_section(config, records),
                 training_section(config, written), evaluation_section(config)]
+    checks = demo_checks(config)
+    if checks is not None:
+        sections.insert(0, checks_section(checks))
+        write_bytes(checks_path(run_dir), json.dumps([c.as_dict() for c in checks], indent=2).encode(), options)
     page = render_html("unime run report", sections, subtitle=f"run dir {run_dir}")
     for name, png in written.items():
         write_bytes(join(run_dir, STAGE, name), png, options)
     write_bytes(output_path(run_dir), page.encode(), options)
     return {"rows": {"sections": len(sections), "figures": len(written), "bytes": len(page)},
             "path": output_path(run_dir), "skipped": False}
+
+
+def checks_section(checks: list[Check]) -> Section:
+    rows = [[c.name, c.measured, c.bar, "pass" if c.passed else "FAIL"] for c in checks]
+    note = ("<p>This corpus records what every image shows, so each step is scored against the ground "
+            "truth (<code>unime.pipeline.demo_checks</code>).</p>")
+    return Section("demo-checks", "Checked against the ground truth", note + table(["check", "measured", "bar", ""], rows))
+
+
+def checks_path(run_dir: str) -> str:
+    return join(run_dir, STAGE, "demo_checks.json")
 
 
 def output_path(run_dir: str) -> str:

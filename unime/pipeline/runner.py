@@ -41,8 +41,10 @@ MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 
 
 def prepare_demo(config: PipelineConfig) -> None:
-    """Build the demo corpus and the tiny checkpoints once (both are deterministic)."""
-    from unime import demo_data, tiny
+    """Build the demo corpus, the tiny checkpoints and the trained ones once (all are
+    deterministic; the trained ones are rebuilt when their recipe or code changes)."""
+    from unime import demo_data, demo_models, tiny
+    from unime.config import load_config
 
     corpus, checkpoints = Path(config.demo.corpus_dir), Path(config.demo.checkpoints_dir)
     if not (corpus / "manifest.json").exists():
@@ -51,6 +53,8 @@ def prepare_demo(config: PipelineConfig) -> None:
     if not (checkpoints / "manifest.json").exists():
         print(f"building tiny checkpoints in {checkpoints}")
         tiny.build(checkpoints, seed=config.demo.checkpoint_seed)
+    if config.demo.models_config:
+        demo_models.build(load_config(config.demo.models_config, cls=demo_models.DemoModelsConfig), corpus)
 
 
 def absolute_local_paths(config: PipelineConfig) -> None:
@@ -62,6 +66,7 @@ def absolute_local_paths(config: PipelineConfig) -> None:
     config.data.train = [fix(p) for p in config.data.train]
     config.data.eval_dir, config.data.image_root = fix(config.data.eval_dir), fix(config.data.image_root)
     config.data.global_eval = fix(config.data.global_eval)
+    config.index.corpus = [fix(p) for p in config.index.corpus]
     for role in ("embedder", "judge", "reranker"):
         path = getattr(config.models, role)
         if Path(path).exists():

@@ -1,13 +1,16 @@
 """train_reranker stage: the UniME-V2 reranker on Ray Train from the mined records.
 
 Three chats per record (:func:`unime.train.reranker.reranker_examples`), answer-only
-cross-entropy, LoRA with the vision tower frozen; ``epochs`` passes at the effective batch.
+cross-entropy, LoRA with the vision tower frozen; ``epochs`` passes at the effective batch
+over the shuffled chats, or ``max_steps`` optimiser steps when fewer.
 Artefacts under ``<run_dir>/train_reranker/``: ``adapter/``, ``merged/``, ``losses.json``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+
+import numpy as np
 
 from unime.config import PipelineConfig
 from unime.data.storage import join
@@ -22,7 +25,21 @@ STAGE = "train_reranker"
 def examples(config: PipelineConfig):
     records = read_parquet_dir(mine.output_paths(config.run_dir)["mined_table"], config.data.storage_options)
     train = config.train_reranker
-    return reranker_examples(records, train.listwise_candidates, train.seed)
+    table = reranker_examples(records, train.listwise_candidates, train.seed)
+    return shuffled_by_record(table, records.num_rows, train.seed, pairwise_only=train.answer_loss == "yes_no")
+
+
+def shuffled_by_record(table, records: int, seed: int, pairwise_only: bool = False):
+    """Records come dataset by dataset: shuffled once, so that every batch mixes tasks, each
+    record's chats kept together (a query's "Yes" and "No" chats in one batch, which the
+    ``yes_no`` loss needs: the query's own pull on P(Yes) then cancels). ``pairwise_only``
+    keeps the pairwise chats (what ``yes_no`` trains)."""
+    import pyarrow.compute as pc
+
+    per_record = table.num_rows // max(1, records)
+    order = np.random.default_rng(seed).permutation(records)
+    table = table.take([int(r) * per_record + k for r in order for k in range(per_record)])
+    return table.filter(pc.equal(table["kind"], "pairwise")) if pairwise_only else table
 
 
 def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
@@ -30,6 +47,7 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
 
     train, models, data = config.train_reranker, config.models, config.data
     max_steps = max(1, train.epochs * table.num_rows // train.effective_batch_size)
+    max_steps = min(max_steps, train.max_steps or max_steps)
     loop_config = {
         "model": models.reranker, "train": asdict(train), "max_steps": max_steps,
         "checkpoint_every": train.checkpoint_every, "fail_after_step": config.faults.train_fail_after_step,
