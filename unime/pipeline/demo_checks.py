@@ -77,7 +77,25 @@ def mining_checks(config: PipelineConfig) -> list[Check]:
     share = summary["records_out"] / max(1, summary["pairs_in"])
     checks.append(Check("records mined", f"{summary['records_out']} of {summary['pairs_in']} pairs ({share:.1%})",
                         f">= {MINED_SHARE:.0%} of the pairs", share >= MINED_SHARE))
-    return checks
+    return checks + gallery_checks(config)
+
+
+def gallery_checks(config: PipelineConfig) -> list[Check]:
+    """The report's gallery: each query shown with distinct hard negatives (a judge that
+    scores everything alike leaves one candidate repeated as every negative)."""
+    from unime.pipeline import mine
+    from unime.pipeline.common import read_parquet_dir
+    from unime.pipeline.report import GALLERY_NEGATIVES, GALLERY_QUERIES
+
+    path = mine.output_paths(config.run_dir)["mined_table"]
+    if not exists(path, config.data.storage_options):
+        return []
+    shown = [[tuple(n) for n in negatives[:GALLERY_NEGATIVES]] for negatives in
+             read_parquet_dir(path, config.data.storage_options)["hard_negatives"].to_pylist()[:GALLERY_QUERIES]]
+    distinct = [len(set(negatives)) for negatives in shown]
+    return [Check("report gallery: distinct hard negatives per query",
+                  f"{distinct} distinct of {[len(n) for n in shown]} shown", "all distinct",
+                  bool(shown) and all(d == len(n) for d, n in zip(distinct, shown)))]
 
 
 def evaluation_checks(config: PipelineConfig) -> list[Check]:
