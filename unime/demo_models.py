@@ -38,8 +38,9 @@ from pathlib import Path
 from unime.config import EmbedderTrainConfig
 from unime.experiments.method_effect import JudgeRecipe, PretrainRecipe
 
-# the code whose change changes what a build produces (paths relative to the package)
-RECIPE_CODE = ("demo_models.py", "experiments/method_effect.py", "train", "losses.py", "tiny.py",
+# the code whose change changes what a build produces (paths relative to the package; the corpus's
+# manifest records its config, its renderer is demo_data.py)
+RECIPE_CODE = ("demo_models.py", "demo_data.py", "experiments/method_effect.py", "train", "losses.py", "tiny.py",
                "models/embedder.py", "models/loading.py", "models/processor.py", "models/recipes.py", "prompts.py", "judge/prompts.py", "judge/hf.py", "rerank/encoding.py", "rerank/prompts.py",
                "data/images.py", "eval/harness.py", "eval/metrics.py")
 ROLES = ("chat", "embedder")
