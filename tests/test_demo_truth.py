@@ -81,7 +81,10 @@ def test_roc_auc_matches_pairwise_definition():
 
 def test_filter_quality():
     quality = filter_quality([True, True, False, False], [True, False, True, False])
-    assert quality == {"filtered": 2, "false_negatives": 2, "caught": 1, "precision": 0.5, "recall": 0.5}
+    assert quality == {"candidates": 4, "filtered": 2, "false_negatives": 2, "caught": 1, "base_rate": 0.5,
+                       "precision": 0.5, "recall": 0.5}
+    rare = filter_quality([True, False, False, False, False], [True, False, False, False, False])
+    assert rare["base_rate"] == 0.2 and rare["precision"] == 1.0
 
 
 def test_pool_truth_marks_true_false_negatives(truth, demo_dir):

@@ -167,7 +167,9 @@ def render_scene(scene: Scene, size: int, rng: random.Random):
     cols = 1 if scene.count == 1 else 2
     rows = (scene.count + cols - 1) // cols
     cell_w, cell_h = (x1 - x0) / cols, (y1 - y0) / rows
-    radius = min(cell_w, cell_h, size / 4) * 0.32
+    # shapes about 13 pixels across in a 64-pixel image: small enough for four to a half, large
+    # enough that a tiny vision tower's 14-pixel patches tell a circle from a diamond
+    radius = min(cell_w, cell_h, size / 4) * 0.42
     for k in range(scene.count):
         cx = x0 + (k % cols + 0.5) * cell_w + rng.uniform(-1.5, 1.5)
         cy = y0 + (k // cols + 0.5) * cell_h + rng.uniform(-1.5, 1.5)
