@@ -159,6 +159,8 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
 def judge_quality(folder: Path, corpus_dir: Path, tables, config: DemoModelsConfig) -> dict:
     """AUC of the judge's P(Yes) against the ground truth on held-out eval pairs (each eval
     row's query with its first ``judge.auc_candidates`` candidates), overall and per subset."""
+    import numpy as np
+
     from unime.data.images import ImageCache, ImageLimits
     from unime.demo_truth import DemoTruth
     from unime.experiments import method_effect as me
@@ -173,8 +175,6 @@ def judge_quality(folder: Path, corpus_dir: Path, tables, config: DemoModelsConf
         per_subset[name] = me.judge_auc(scores, pairs, truth)
         every_pair += pairs
         every_score += list(scores)
-    import numpy as np
-
     return {"held_out": me.judge_auc(np.array(every_score), every_pair, truth), "pairs": len(every_pair),
             "per_subset": per_subset}
 

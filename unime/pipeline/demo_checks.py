@@ -41,8 +41,7 @@ def demo_checks(config: PipelineConfig) -> list[Check] | None:
     options = config.data.storage_options
     if not config.data.image_root or not exists(join(config.data.image_root, "attributes.parquet"), options):
         return None
-    checks = judge_checks(config) + mining_checks(config) + evaluation_checks(config) + search_checks(config)
-    return checks
+    return judge_checks(config) + mining_checks(config) + evaluation_checks(config) + search_checks(config)
 
 
 def judge_checks(config: PipelineConfig) -> list[Check]:
