@@ -246,14 +246,18 @@ def test_judge_demand_scales_its_node_type_from_zero_and_back(fixed_run, aws_con
         config = mining_config(demo_dir, tiny_dir, tmp_path, *PLACEMENT, "embed.actors.resources={cpu_node: 0.5}")
         for _name, stage in STAGES[:3]:
             stage(config)
-        up, gone = autoscaler_node_types()
-        assert "cpu-worker" in up + gone and "judge-gpu" not in up + gone, (up, gone)
+        assert "cpu-worker" in sum(autoscaler_node_types(), [])
+        # Ray Data's own scale-up asks for plain CPU bundles, which any node type can serve, so a
+        # judge-gpu node may have come and gone already: the judge must start from none up.
+        wait_until(lambda: "judge-gpu" not in autoscaler_node_types()[0], IDLE_TIMEOUT_S + 90,
+                   "judge-gpu nodes started for CPU demand to scale down", 1)
+        launched_before = sum(autoscaler_node_types(), []).count("judge-gpu")
         judge.run(config)
-        up, gone = autoscaler_node_types()
-        assert "judge-gpu" in up + gone, "the judge's demand did not start a judge-gpu node"
+        launched = sum(autoscaler_node_types(), []).count("judge-gpu") - launched_before
+        assert launched >= 1, "the judge's demand did not start a judge-gpu node"
         wait_until(lambda: "judge-gpu" not in autoscaler_node_types()[0], IDLE_TIMEOUT_S + 90,
                    "judge-gpu to scale down", 1)
-        assert "judge-gpu" in autoscaler_node_types()[1]
+        assert autoscaler_node_types()[1].count("judge-gpu") >= launched_before + 1
         mine.run(config)
     finally:
         ray.shutdown()
