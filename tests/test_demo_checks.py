@@ -87,14 +87,14 @@ def test_reranker_chats_are_shuffled_by_record_and_keep_their_pairs():
 
 @pytest.mark.parametrize("negatives, passed", [([["a", ""], ["b", ""], ["c", ""]], True),
                                                ([["a", ""], ["a", ""], ["c", ""]], False)])
-def test_the_gallery_check_catches_a_repeated_negative(run, negatives, passed):
+def test_the_gallery_check_catches_a_repeated_negative(negatives, passed):
     import pyarrow as pa
 
-    from unime.pipeline import mine
+    from unime.pipeline.report import GALLERY_NEGATIVES, gallery_records
 
-    config, run_dir = run
-    folder = run_dir / mine.output_paths(str(run_dir))["mined_table"].split(str(run_dir) + "/")[1]
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table({"hard_negatives": [[["x", ""], ["y", ""]], negatives]}), folder / "part-0.parquet")
-    (check,) = demo_checks.gallery_checks(config)
-    assert check.passed is passed
+    records = pa.table({"hard_negatives": [[["x", ""], ["y", ""]], negatives],
+                        "hard_negatives_scores": [[0.1, 0.2], [0.3] * len(negatives)]})
+    shown = [[tuple(n) for n in record["hard_negatives"]] for record in gallery_records(records)]
+    (check,) = demo_checks.gallery_checks(shown)
+    assert check.passed is passed and all(len(n) <= GALLERY_NEGATIVES for n in shown)
+    assert demo_checks.gallery_checks(None) == []

@@ -36,12 +36,21 @@ class Check:
         return {"name": self.name, "measured": self.measured, "bar": self.bar, "passed": bool(self.passed)}
 
 
-def demo_checks(config: PipelineConfig) -> list[Check] | None:
-    """Every check the run dir has the outputs for; None when the corpus has no ground truth."""
-    options = config.data.storage_options
-    if not config.data.image_root or not exists(join(config.data.image_root, "attributes.parquet"), options):
+def has_ground_truth(config: PipelineConfig) -> bool:
+    """Whether the corpus records what its images show (the demo corpus's attributes)."""
+    return bool(config.data.image_root) and exists(join(config.data.image_root, "attributes.parquet"),
+                                                   config.data.storage_options)
+
+
+def demo_checks(config: PipelineConfig, filter_truth: dict | None = None,
+                gallery: list[list[tuple]] | None = None) -> list[Check] | None:
+    """Every check the run dir has the outputs for; None when the corpus has no ground truth.
+    ``filter_truth``: :func:`filter_truth` of the run; ``gallery``: the hard negatives the
+    report's gallery shows, per query (None: no mined records)."""
+    if not has_ground_truth(config):
         return None
-    return judge_checks(config) + mining_checks(config) + evaluation_checks(config) + search_checks(config)
+    return (judge_checks(config) + mining_checks(config, filter_truth) + gallery_checks(gallery)
+            + evaluation_checks(config) + search_checks(config))
 
 
 def judge_checks(config: PipelineConfig) -> list[Check]:
@@ -55,14 +64,12 @@ def judge_checks(config: PipelineConfig) -> list[Check]:
                   f">= {JUDGE_AUC}", auc >= JUDGE_AUC)]
 
 
-def mining_checks(config: PipelineConfig) -> list[Check]:
+def mining_checks(config: PipelineConfig, truth: dict | None) -> list[Check]:
     from unime.pipeline import mine
-    from unime.pipeline.report import filter_truth
 
     summary = read_json(mine.output_paths(config.run_dir)["summary"], config.data.storage_options)
     if summary is None:
         return []
-    truth = filter_truth(config)
     checks = []
     if truth:
         lift = truth["precision"] / truth["base_rate"] if truth["base_rate"] else float("nan")
@@ -76,25 +83,42 @@ def mining_checks(config: PipelineConfig) -> list[Check]:
     share = summary["records_out"] / max(1, summary["pairs_in"])
     checks.append(Check("records mined", f"{summary['records_out']} of {summary['pairs_in']} pairs ({share:.1%})",
                         f">= {MINED_SHARE:.0%} of the pairs", share >= MINED_SHARE))
-    return checks + gallery_checks(config)
+    return checks
 
 
-def gallery_checks(config: PipelineConfig) -> list[Check]:
+def gallery_checks(shown: list[list[tuple]] | None) -> list[Check]:
     """The report's gallery: each query shown with distinct hard negatives (a judge that
     scores everything alike leaves one candidate repeated as every negative)."""
-    from unime.pipeline import mine
-    from unime.pipeline.common import read_parquet_dir
-    from unime.pipeline.report import GALLERY_NEGATIVES, GALLERY_QUERIES
-
-    path = mine.output_paths(config.run_dir)["mined_table"]
-    if not exists(path, config.data.storage_options):
+    if shown is None:
         return []
-    shown = [[tuple(n) for n in negatives[:GALLERY_NEGATIVES]] for negatives in
-             read_parquet_dir(path, config.data.storage_options)["hard_negatives"].to_pylist()[:GALLERY_QUERIES]]
     distinct = [len(set(negatives)) for negatives in shown]
     return [Check("report gallery: distinct hard negatives per query",
                   f"{distinct} distinct of {[len(n) for n in shown]} shown", "all distinct",
                   bool(shown) and all(d == len(n) for d, n in zip(distinct, shown)))]
+
+
+def filter_truth(config: PipelineConfig) -> dict | None:
+    """The filter's precision and recall against the corpus's ground truth, where the corpus
+    records it (the demo corpus's ``attributes.parquet`` under ``data.image_root``)."""
+    import numpy as np
+
+    from unime.demo_truth import DemoTruth, filter_quality, pool_truth, roc_auc
+    from unime.mining import pool_filter_flags, score_lookup
+    from unime.pipeline import embed, ingest, judge, retrieve
+    from unime.pipeline.common import read_parquet_dir
+
+    run_dir, options = config.run_dir, config.data.storage_options
+    if not has_ground_truth(config):
+        return None
+    pools = read_parquet_dir(retrieve.output_path(run_dir), options)
+    items = embed.unique_items(read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options))
+    truly = np.array([v for row in pool_truth(pools, items, DemoTruth.load(config.data.image_root, options))
+                      for v in row], dtype=bool)
+    filtered, pool_scores = pool_filter_flags(pools, score_lookup(judge.read_scores(run_dir, options)),
+                                              config.mining.beta)
+    quality = filter_quality(np.array(filtered), truly)
+    both_classes = 0 < truly.sum() < len(truly)
+    return quality | {"pool_auc": roc_auc(np.array(pool_scores), truly) if both_classes else None}
 
 
 def evaluation_checks(config: PipelineConfig) -> list[Check]:

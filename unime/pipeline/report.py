@@ -20,7 +20,7 @@ from unime.data.images import ImageError, ImageLimits, load_image, resolve_image
 from unime.data.storage import exists, join, read_bytes, read_json, write_bytes
 from unime.pipeline import evaluate, manifest, mine, train_embedder, train_reranker
 from unime.pipeline.common import read_parquet_dir
-from unime.pipeline.demo_checks import Check, demo_checks
+from unime.pipeline.demo_checks import Check, demo_checks, filter_truth
 from unime.reporting import (
     Section,
     figure,
@@ -88,7 +88,7 @@ def judge_section(summary: dict | None, written: dict[str, bytes]) -> Section:
                    means + figure(written["judge_scores.png"], "judge score histograms"))
 
 
-def filter_section(config: PipelineConfig, summary: dict | None) -> Section:
+def filter_section(config: PipelineConfig, summary: dict | None, truth: dict | None) -> Section:
     if summary is None:
         return Section("false-negatives", "False-negative filter", missing("mine"))
     beta = config.mining.beta
@@ -97,36 +97,12 @@ def filter_section(config: PipelineConfig, summary: dict | None) -> Section:
             [f"candidates filtered (score > s_pos - {beta})", summary["false_negatives_filtered"]],
             ["fraction of the pool filtered", summary["false_negatives_filtered"] / pool],
             ["records written", summary["records_out"]], ["pairs skipped (no survivor)", summary["skipped"]]]
-    truth = filter_truth(config)
     if truth:
         rows += [["true false negatives in the pools (ground truth)", truth["false_negatives"]],
                  ["base rate of true false negatives in the pools", truth["base_rate"]],
                  ["filter precision vs. ground truth", truth["precision"]],
                  ["filter recall vs. ground truth", truth["recall"]]]
     return Section("false-negatives", "False-negative filter", table(["", "value"], rows, "{:.3f}"))
-
-
-def filter_truth(config: PipelineConfig) -> dict | None:
-    """The filter's precision and recall against the corpus's ground truth, where the corpus
-    records it (the demo corpus's ``attributes.parquet`` under ``data.image_root``)."""
-    import numpy as np
-
-    from unime.demo_truth import DemoTruth, filter_quality, pool_truth, roc_auc
-    from unime.mining import pool_filter_flags, score_lookup
-    from unime.pipeline import embed, ingest, judge, retrieve
-
-    run_dir, options = config.run_dir, config.data.storage_options
-    if not config.data.image_root or not exists(join(config.data.image_root, "attributes.parquet"), options):
-        return None
-    pools = read_parquet_dir(retrieve.output_path(run_dir), options)
-    items = embed.unique_items(read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options))
-    truly = np.array([v for row in pool_truth(pools, items, DemoTruth.load(config.data.image_root, options))
-                      for v in row], dtype=bool)
-    filtered, pool_scores = pool_filter_flags(pools, score_lookup(judge.read_scores(run_dir, options)),
-                                              config.mining.beta)
-    quality = filter_quality(np.array(filtered), truly)
-    both_classes = 0 < truly.sum() < len(truly)
-    return quality | {"pool_auc": roc_auc(np.array(pool_scores), truly) if both_classes else None}
 
 
 def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
@@ -139,16 +115,24 @@ def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
         return None  # the report shows the text; the mining stages already quarantined bad images
 
 
+def gallery_records(records: pa.Table | None) -> list[dict]:
+    """The mined records the gallery shows, each cut to the hard negatives shown."""
+    if records is None:
+        return []
+    return [record | {"hard_negatives": record["hard_negatives"][:GALLERY_NEGATIVES],
+                      "hard_negatives_scores": record["hard_negatives_scores"][:GALLERY_NEGATIVES]}
+            for record in records.slice(0, GALLERY_QUERIES).to_pylist()]
+
+
 def gallery_section(config: PipelineConfig, records: pa.Table | None) -> Section:
     if records is None or records.num_rows == 0:
         return Section("gallery", "Mined hard negatives", missing("mine"))
     examples = []
-    for record in records.slice(0, GALLERY_QUERIES).to_pylist():
+    for record in gallery_records(records):
         row = [{"role": "query", "text": record["query_text"], "thumbnail": _thumbnail(record["query_image"], config)},
                {"role": "positive", "text": record["pos_text"], "score": record["query_pos_scores"],
                 "thumbnail": _thumbnail(record["pos_image"], config)}]
-        for (text, image), score in list(zip(record["hard_negatives"], record["hard_negatives_scores"]))[
-                :GALLERY_NEGATIVES]:
+        for (text, image), score in zip(record["hard_negatives"], record["hard_negatives_scores"]):
             row.append({"role": "negative", "text": text, "score": score, "thumbnail": _thumbnail(image, config)})
         examples.append(row)
     note = (f"<p>The first {len(examples)} of {records.num_rows} mined queries, with the judge's P(Yes) for the "
@@ -200,10 +184,12 @@ def run(config: PipelineConfig) -> dict:
     mined_path = mine.output_paths(run_dir)["mined_table"]
     records = read_parquet_dir(mined_path, options) if exists(mined_path, options) else None
     written: dict[str, bytes] = {}
+    truth = filter_truth(config) if summary is not None else None
     sections = [stages_section(config, [s for s in STAGES if s != STAGE]), judge_section(summary, written),
-                filter_section(config, summary), gallery_section(config, records),
+                filter_section(config, summary, truth), gallery_section(config, records),
                 training_section(config, written), evaluation_section(config)]
-    checks = demo_checks(config)
+    shown = [[tuple(n) for n in record["hard_negatives"]] for record in gallery_records(records)]
+    checks = demo_checks(config, truth, shown if records is not None else None)
     if checks is not None:
         sections.insert(0, checks_section(checks))
         write_bytes(checks_path(run_dir), json.dumps([c.as_dict() for c in checks], indent=2).encode(), options)
