@@ -257,3 +257,38 @@ def test_checkpoint_init_std(tmp_path):
     weights = dict(load_model(str(tmp_path / "wide"), device="cpu").named_parameters())
     for name in ("model.language_model.layers.0.self_attn.q_proj.weight", "model.visual.blocks.0.attn.qkv.weight"):
         assert weights[name].std().item() == pytest.approx(0.08, rel=0.1), name
+
+
+def test_judge_examples_keep_true_matches_out_of_the_negatives():
+    pairs = _pairs([(q, p, "A") for q, p in zip("abcdefgh", ["red", "red circle", "blue", "green",
+                                                              "red square", "pink", "grey", "teal"])])
+    def shares_a_word(query_text, query_image, candidate_text, candidate_image):
+        positive = dict(zip("abcdefgh", ["red", "red circle", "blue", "green", "red square", "pink", "grey",
+                                         "teal"]))[query_text]
+        return bool(set(positive.split()) & set(candidate_text.split()))
+
+    examples = me.judge_examples(pairs, seed=0, rounds=4, matches=shares_a_word)
+    negatives = [e for e in examples if e["answer"] == NO]
+    assert len(negatives) == 4 * 8
+    for example in negatives:
+        assert not shares_a_word(example["query_text"], "", example["cand_texts"][0], "")
+    # without the oracle, a random draw does pick such candidates
+    unfiltered = [e for e in me.judge_examples(pairs, seed=0, rounds=4) if e["answer"] == NO]
+    assert any(shares_a_word(e["query_text"], "", e["cand_texts"][0], "") for e in unfiltered)
+
+
+def test_near_miss_negatives_share_the_most_words_with_the_pair():
+    texts = ["three red circles", "two red circles", "four blue squares", "a green diamond", "three red squares",
+             "two pink triangles", "a grey circle", "four teal diamonds"]
+    pairs = _pairs([(q, p, "A") for q, p in zip("abcdefgh", texts)])
+    overlap = {}
+    for text in texts:  # what a hand count gives: the most words any other text shares
+        overlap[text] = max(len(set(text.split()) & set(other.split())) for other in texts if other != text)
+    near = [e for e in me.judge_examples(pairs, seed=0, rounds=3, near_miss_share=1.0) if e["answer"] == NO]
+    positive_of = dict(zip("abcdefgh", texts))
+    for example in near:  # all 7 others are among the 16 drawn, so the nearest is found
+        positive = positive_of[example["query_text"]]
+        assert len(set(positive.split()) & set(example["cand_texts"][0].split())) == overlap[positive]
+    random_ones = [e for e in me.judge_examples(pairs, seed=0, rounds=3) if e["answer"] == NO]
+    assert any(len(set(positive_of[e["query_text"]].split()) & set(e["cand_texts"][0].split()))
+               < overlap[positive_of[e["query_text"]]] for e in random_ones)

@@ -136,6 +136,7 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
     """Caption pre-training then judgement training; the judge's held-out AUC."""
     import torch
 
+    from unime.demo_truth import DemoTruth
     from unime.experiments import method_effect as me
 
     torch.set_num_threads(1)
@@ -147,8 +148,10 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
                                                     out.parent / "chat_captioned", seed=config.seed, **options)
     caption_seconds = time.perf_counter() - started
     rounds = -(-config.judge.steps * config.judge.chats_per_step // (2 * pairs.num_rows))
-    _, judge_losses = me.train_chat_model(captioned, me.judge_examples(pairs, config.seed, rounds), config.judge,
-                                          corpus_dir, out, seed=config.seed, **options)
+    matches = DemoTruth.load(str(corpus_dir)).matches if config.judge.truthful_negatives else None
+    examples = me.judge_examples(pairs, config.seed, rounds, config.judge.near_miss_share, matches)
+    _, judge_losses = me.train_chat_model(captioned, examples, config.judge, corpus_dir, out, seed=config.seed,
+                                          **options)
     shutil.rmtree(captioned)
     seconds = time.perf_counter() - started
     return {"seconds": {"caption": caption_seconds, "judge": seconds - caption_seconds},
@@ -265,6 +268,17 @@ def summary_line(manifest: dict) -> str:
             f"Overall P@1 {embedder['precision_at_1']['overall']:.1f} ({manifest['seconds']:.0f}s)")
 
 
+def negatives_described(judge) -> str:
+    """The judge recipe's negatives, in words (model card)."""
+    kind = "another positive of the same dataset"
+    if judge.truthful_negatives:
+        kind += " that the corpus's ground truth says does not answer the query"
+    if judge.near_miss_share:
+        kind += (f": {judge.near_miss_share:.0%} of the time the near miss (of 16 drawn, the one whose pair "
+                 f"shares most words), otherwise a random one")
+    return kind
+
+
 def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> str:
     if role == "chat":
         chat, judge = config.chat, config.judge
@@ -272,7 +286,7 @@ def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> s
                 f"{chat.steps} steps of caption pre-training ({chat.chats_per_step} chats per step, lr {chat.lr}, "
                 f"next-token loss) on the demo corpus's training split, then {judge.steps} steps of judgement "
                 f"training ({judge.chats_per_step} chats per step, lr {judge.lr}; the judge prompt, \"Yes\" for a "
-                f"pair's positive and \"No\" for a random positive of the same dataset, both in one batch, the "
+                f"pair's positive and \"No\" for {negatives_described(judge)}, both in one batch, the "
                 f"loss on P(Yes) against P(No)). Every image is {config.chat_pixels} pixels "
                 f"({config.chat_pixels // (28 * 28)} tokens).")
         use = "The demo's frozen judge (`models.judge`) and the reranker's starting point (`models.reranker`)."

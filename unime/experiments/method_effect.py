@@ -104,11 +104,16 @@ class PretrainRecipe(ChatRecipe):
 
 @dataclass
 class JudgeRecipe(ChatRecipe):
-    """The judge MLLM trained here (yes/no on positives and random negatives, fresh negatives
-    each pass over the pairs); held-out AUC sample and scoring batch."""
+    """The judge MLLM trained here (yes/no on positives and negatives of the same dataset,
+    fresh negatives each pass over the pairs); held-out AUC sample and scoring batch.
+    ``near_miss_share`` and ``truthful_negatives``: see :func:`judge_examples` (the latter keeps
+    other pairs' positives that the corpus's ground truth says answer the query out of the
+    negatives)."""
 
     score_batch: int = 64
     auc_candidates: int = 5  # per held-out eval row: the positive and the next four
+    near_miss_share: float = 0.0
+    truthful_negatives: bool = False
 
 
 @dataclass
@@ -396,26 +401,47 @@ def caption_examples(pairs: pa.Table) -> list[dict]:
             for row in pairs.to_pylist() if row["query_image"] and row["pos_text"] and not row["pos_image"]]
 
 
-def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1) -> list[dict]:
+def _description(row: dict) -> set[str]:
+    """The words that say what a training pair is about: its text positive, or for an image
+    positive its query (a caption, a grounding label)."""
+    return set((row["query_text"] if row["pos_image"] else row["pos_text"]).split())
+
+
+def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1, near_miss_share: float = 0.0,
+                   matches: Callable[[str, str, str, str], bool] | None = None) -> list[dict]:
     """The judge's training chats from the training split only, ``rounds`` passes over the
-    pairs: each pair's positive -> "Yes" followed by, drawn afresh each pass, a random
-    positive of another pair of the same dataset (different content) -> "No"."""
+    pairs: each pair's positive -> "Yes" followed by, drawn afresh each pass, the positive of
+    another pair of the same dataset -> "No".
+
+    The negative is random, or with probability ``near_miss_share`` a near miss: of 16 drawn,
+    the one whose pair shares most words with this pair's (its text positive, or for an image
+    positive its query), so the judge learns the fine differences a retrieved pool holds.
+    ``matches(query_text, query_image, candidate_text, candidate_image)``, when given, keeps
+    candidates that truly answer the query out of the negatives (another pair's caption can
+    fit this image too)."""
     rng = random.Random(seed)
     by_dataset: dict[str, list[dict]] = {}
     for row in pairs.to_pylist():
         by_dataset.setdefault(row["dataset"], []).append(row)
+    drawn = 16 if near_miss_share else 8
     examples = []
     for _ in range(rounds):
         for rows in by_dataset.values():
             for row in rows:
-                others = [o for o in rng.sample(rows, min(8, len(rows))) if o["pos_id"] != row["pos_id"]]
+                others = [o for o in rng.sample(rows, min(drawn, len(rows))) if o["pos_id"] != row["pos_id"]
+                          and not (matches and matches(row["query_text"], row["query_image"], o["pos_text"],
+                                                       o["pos_image"]))]
                 if not others:
                     continue
+                negative = others[0]
+                if near_miss_share and rng.random() < near_miss_share:
+                    words = _description(row)
+                    negative = max(others, key=lambda other: len(words & _description(other)))
                 base = {"kind": "pairwise", "query_text": row["query_text"], "query_image": row["query_image"]}
                 examples.append(base | {"cand_texts": [row["pos_text"]], "cand_images": [row["pos_image"]],
                                         "answer": YES})
-                examples.append(base | {"cand_texts": [others[0]["pos_text"]],
-                                        "cand_images": [others[0]["pos_image"]], "answer": NO})
+                examples.append(base | {"cand_texts": [negative["pos_text"]],
+                                        "cand_images": [negative["pos_image"]], "answer": NO})
     return examples
 
 
