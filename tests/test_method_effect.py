@@ -292,3 +292,18 @@ def test_near_miss_negatives_share_the_most_words_with_the_pair():
     random_ones = [e for e in me.judge_examples(pairs, seed=0, rounds=3) if e["answer"] == NO]
     assert any(len(set(positive_of[e["query_text"]].split()) & set(e["cand_texts"][0].split()))
                < overlap[positive_of[e["query_text"]]] for e in random_ones)
+
+
+def test_other_dataset_negatives_come_from_every_dataset_at_their_share():
+    pairs = _pairs([(f"q{k}", f"p{k}", "AB"[k % 2]) for k in range(40)])
+    dataset_of = {r["pos_text"]: r["dataset"] for r in pairs.to_pylist()}
+    query_dataset = {r["query_text"]: r["dataset"] for r in pairs.to_pylist()}
+
+    def crossed(share):
+        negatives = [e for e in me.judge_examples(pairs, seed=0, rounds=5, other_dataset_share=share)
+                     if e["answer"] == NO]
+        return sum(dataset_of[e["cand_texts"][0]] != query_dataset[e["query_text"]] for e in negatives) / len(negatives)
+
+    assert crossed(0.0) == 0.0
+    # drawn from every dataset half the time, half of those land in the other dataset: ~1/4
+    assert 0.15 < crossed(0.5) < 0.35

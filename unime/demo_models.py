@@ -149,7 +149,8 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
     caption_seconds = time.perf_counter() - started
     rounds = -(-config.judge.steps * config.judge.chats_per_step // (2 * pairs.num_rows))
     matches = DemoTruth.load(str(corpus_dir)).matches if config.judge.truthful_negatives else None
-    examples = me.judge_examples(pairs, config.seed, rounds, config.judge.near_miss_share, matches)
+    examples = me.judge_examples(pairs, config.seed, rounds, config.judge.near_miss_share, matches,
+                                 config.judge.other_dataset_share)
     _, judge_losses = me.train_chat_model(captioned, examples, config.judge, corpus_dir, out, seed=config.seed,
                                           **options)
     shutil.rmtree(captioned)
@@ -273,6 +274,8 @@ def negatives_described(judge) -> str:
     kind = "another positive of the same dataset"
     if judge.truthful_negatives:
         kind += " that the corpus's ground truth says does not answer the query"
+    if judge.other_dataset_share:
+        kind += f" ({judge.other_dataset_share:.0%} of the time of any dataset)"
     if judge.near_miss_share:
         kind += (f": {judge.near_miss_share:.0%} of the time the near miss (of 16 drawn, the one whose pair "
                  f"shares most words), otherwise a random one")

@@ -106,7 +106,8 @@ class PretrainRecipe(ChatRecipe):
 class JudgeRecipe(ChatRecipe):
     """The judge MLLM trained here (yes/no on positives and negatives of the same dataset,
     fresh negatives each pass over the pairs); held-out AUC sample and scoring batch.
-    ``near_miss_share`` and ``truthful_negatives``: see :func:`judge_examples` (the latter keeps
+    ``near_miss_share``, ``other_dataset_share`` and ``truthful_negatives``: see
+    :func:`judge_examples` (the latter keeps
     other pairs' positives that the corpus's ground truth says answer the query out of the
     negatives)."""
 
@@ -114,6 +115,7 @@ class JudgeRecipe(ChatRecipe):
     auc_candidates: int = 5  # per held-out eval row: the positive and the next four
     near_miss_share: float = 0.0
     truthful_negatives: bool = False
+    other_dataset_share: float = 0.0
 
 
 @dataclass
@@ -408,7 +410,8 @@ def _description(row: dict) -> set[str]:
 
 
 def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1, near_miss_share: float = 0.0,
-                   matches: Callable[[str, str, str, str], bool] | None = None) -> list[dict]:
+                   matches: Callable[[str, str, str, str], bool] | None = None,
+                   other_dataset_share: float = 0.0) -> list[dict]:
     """The judge's training chats from the training split only, ``rounds`` passes over the
     pairs: each pair's positive -> "Yes" followed by, drawn afresh each pass, the positive of
     another pair of the same dataset -> "No".
@@ -418,17 +421,21 @@ def judge_examples(pairs: pa.Table, seed: int, rounds: int = 1, near_miss_share:
     positive its query), so the judge learns the fine differences a retrieved pool holds.
     ``matches(query_text, query_image, candidate_text, candidate_image)``, when given, keeps
     candidates that truly answer the query out of the negatives (another pair's caption can
-    fit this image too)."""
+    fit this image too). With probability ``other_dataset_share`` the negatives are drawn from
+    every dataset instead (the global retrieval's pools mix tasks: a caption among the
+    candidates of a colour-classification query)."""
     rng = random.Random(seed)
+    every_row = pairs.to_pylist()
     by_dataset: dict[str, list[dict]] = {}
-    for row in pairs.to_pylist():
+    for row in every_row:
         by_dataset.setdefault(row["dataset"], []).append(row)
     drawn = 16 if near_miss_share else 8
     examples = []
     for _ in range(rounds):
         for rows in by_dataset.values():
             for row in rows:
-                others = [o for o in rng.sample(rows, min(drawn, len(rows))) if o["pos_id"] != row["pos_id"]
+                source = every_row if other_dataset_share and rng.random() < other_dataset_share else rows
+                others = [o for o in rng.sample(source, min(drawn, len(source))) if o["pos_id"] != row["pos_id"]
                           and not (matches and matches(row["query_text"], row["query_image"], o["pos_text"],
                                                        o["pos_image"]))]
                 if not others:
