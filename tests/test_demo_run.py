@@ -3,7 +3,7 @@ against the demo corpus's ground truth holds, and the job prints them.
 
 One run of ``configs/demo.yaml`` as ``make demo`` runs it (the trained checkpoints built, or
 reused, under ``artifacts/demo_models``). Marked ``demo`` (``make test-demo``): the build and
-the run take about 12 minutes on a 2-core machine, more than CI's budget leaves.
+the run take about 14 minutes on a 2-core machine, more than CI's budget leaves.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.demo]
 CHECKS = ("judge AUC vs ground truth, held-out eval pairs", "false-negative filter vs ground truth",
           "records mined", "report gallery: distinct hard negatives per query", "Overall P@1 on the demo eval",
           "example search top 3, retrieval only", "example search top 3, reranked")
-# below their bars on this corpus today (README): the filter's precision is 2.6x the base rate
-# (3x wanted), and fine-tuning lifts the off-the-shelf embedder's P@1 by 1.7 points (5 wanted)
-SHORT_OF_THE_BAR = ("false-negative filter vs ground truth", "Overall P@1 on the demo eval")
+# below their bars on this corpus today (README): the example search for "red circles" ranks a
+# red square among its top 3 (retrieval only: third of the top 3; reranked: two of them)
+SHORT_OF_THE_BAR = ("example search top 3, retrieval only", "example search top 3, reranked")
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +42,15 @@ def read_checks(run_dir) -> dict[str, dict]:
     return {c["name"]: c for c in checks}
 
 
-def test_the_judge_mining_and_search_checks_pass(demo_run):
+def test_the_judge_mining_and_fine_tuning_checks_pass(demo_run):
     run_dir, _ = demo_run
     failed = [c for name, c in read_checks(run_dir).items() if name not in SHORT_OF_THE_BAR and not c["passed"]]
     assert not failed, json.dumps(failed, indent=1)
 
 
-@pytest.mark.xfail(strict=True, reason="filter precision 2.6x the base rate and a fine-tuning gain of 1.7 P@1 "
-                                       "points on the demo corpus today (README)")
-def test_the_filter_and_fine_tuning_checks_pass(demo_run):
+@pytest.mark.xfail(strict=True, reason="the tiny models tell a circle from a square poorly: the example "
+                                       "search's top 3 hold a red square, more of them reranked (README)")
+def test_the_example_search_checks_pass(demo_run):
     run_dir, _ = demo_run
     failed = [c for name, c in read_checks(run_dir).items() if name in SHORT_OF_THE_BAR and not c["passed"]]
     assert not failed, json.dumps(failed, indent=1)
