@@ -106,6 +106,7 @@ def test_rerank_endpoint(base_url):
     ({"query": {"image": "https://example.com/cat.png"}}, KEY, 400, "not fetched"),
     ({"query": {"image": "/etc/passwd"}}, KEY, 400, "not fetched"),
     ({"query": {"text": "x"}, "rerank_mode": "bogus"}, KEY, 400, "rerank mode"),
+    ({"query": {"text": "x"}, "instruction": "y" * 1_000_000}, KEY, 413, "instruction: with query.text"),
     ({"query": {"text": 5}}, KEY, 422, "string"),
     ({"query": "not an object"}, KEY, 422, ""),
 ])

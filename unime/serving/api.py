@@ -78,7 +78,8 @@ def decode_image(value: str, limits: ServeLimits, field: str = "image"):
 
 
 def check_item(item: Item, limits: ServeLimits, field: str, instruction: str | None = None) -> tuple[str, object]:
-    """(text, PIL image or None) for an item, or :class:`InputError`."""
+    """(text, PIL image or None) for an item, or :class:`InputError`. ``max_text_chars``
+    bounds the text the model reads: the instruction, when given, counts."""
     text = item.text or ""
     if len(text) > limits.max_text_chars:
         raise InputError(f"{field}.text: longer than max_text_chars={limits.max_text_chars}", 413)
@@ -87,6 +88,9 @@ def check_item(item: Item, limits: ServeLimits, field: str, instruction: str | N
         raise InputError(f"{field}: empty: give text, an image or both")
     if instruction:
         text = f"{instruction}\n{text}" if text else instruction
+        if len(text) > limits.max_text_chars:
+            raise InputError(f"instruction: with {field}.text, longer than max_text_chars={limits.max_text_chars}",
+                             413)
     return text, image
 
 

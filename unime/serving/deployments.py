@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import logging
 import time
@@ -138,7 +139,7 @@ class Ingress:
         given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
         if given is None:
             raise InputError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'", 401)
-        if given != self.api_key:
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):  # constant time
             raise InputError("invalid API key", 403)
 
     def _mode(self, mode: str | None) -> str:
