@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from urllib.parse import quote_plus
 
 import numpy as np
 import pytest
@@ -126,11 +127,37 @@ def test_oversized_image_and_malformed_json_then_still_serving(base_url):
 
 
 def test_search_page_renders_results_in_headless_chromium(base_url, tmp_path):
-    """Chromium loads the page, which runs a search (?q=) and renders the hits."""
+    """Chromium loads the page, which runs a search (?q=) and renders the hits, their images
+    fetched with the page's API key."""
     dom = chromium_dom(f"{base_url}/?q=two+red+circles&key=secret", tmp_path / "profile")
     assert "unime search" in dom
     assert dom.count('class="hit"') == 10, dom[-2000:]
     assert "results in" in dom and "retrieval " in dom and "rerank " in dom
+    query, images = image_search(base_url)
+    dom = chromium_dom(f"{base_url}/?q={quote_plus(query)}&key=secret", tmp_path / "profile")
+    assert dom.count('src="blob:') == images, dom[-2000:]
+
+
+def image_search(base_url) -> tuple[str, int]:
+    """A query whose top 10 hold images (the random-init embedder ranks arbitrarily), and how many."""
+    for query in ("two red circles", "Find an image that matches the given caption: red circles", "a blue square",
+                  "green triangles", "Represent the given image."):
+        hits = post(base_url, "/v1/search", {"query": {"text": query}, "top_k": 10, "rerank": False}).json()["results"]
+        if any(h["image"] for h in hits):
+            return query, sum(bool(h["image"]) for h in hits)
+    raise AssertionError("no query found whose top 10 hold an image")
+
+
+def test_corpus_images_need_the_api_key_before_the_path_is_looked_at(base_url):
+    query, _ = image_search(base_url)
+    hits = post(base_url, "/v1/search", {"query": {"text": query}, "top_k": 10, "rerank": False}).json()["results"]
+    indexed = next(h["image"] for h in hits if h["image"])
+    for path in (indexed, "not/indexed.png"):
+        assert requests.get(f"{base_url}/images/{path}", timeout=10).status_code == 401
+        assert requests.get(f"{base_url}/images/{path}", headers={"X-API-Key": "wrong"}, timeout=10).status_code == 403
+    image = requests.get(f"{base_url}/images/{indexed}", headers=KEY, timeout=10)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert requests.get(f"{base_url}/images/not/indexed.png", headers=KEY, timeout=10).status_code == 404
 
 
 def test_request_latency_reaches_the_metrics_endpoint(base_url, metrics_port):

@@ -159,8 +159,12 @@ class Ingress:
         return SEARCH_PAGE
 
     @app.get("/images/{path:path}")
-    async def corpus_image(self, path: str) -> Response:
-        """Thumbnails of indexed records only: never an arbitrary path."""
+    async def corpus_image(self, path: str, authorization: str | None = Header(None),
+                           x_api_key: str | None = Header(None)) -> Response:
+        """Thumbnails of indexed records only: never an arbitrary path, and behind the API key
+        like every other route that reads the corpus (checked before the path, so a caller
+        without the key cannot probe which images are indexed)."""
+        self._authorise(authorization, x_api_key)
         if self.indexed_images is None:
             self.indexed_images = set(await self.retriever.image_paths.remote())
         if path not in self.indexed_images:

@@ -31,6 +31,13 @@ drop.addEventListener('drop', e => {
   reader.onload = () => { imageData = reader.result; drop.textContent = 'image ready: ' + e.dataTransfer.files[0].name; };
   reader.readAsDataURL(e.dataTransfer.files[0]);
 });
+// an <img src> cannot send the API key: with a key, fetch the image and show it as a blob
+async function showImage(img, path, headers) {
+  const url = '/images/' + encodeURIComponent(path);
+  if (!apiKey) { img.src = url; return; }
+  const response = await fetch(url, {headers});
+  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+}
 document.getElementById('form').addEventListener('submit', async e => {
   e.preventDefault();
   const query = {text: document.getElementById('text').value || null, image: imageData};
@@ -47,11 +54,12 @@ document.getElementById('form').addEventListener('submit', async e => {
   for (const hit of payload.results) {
     const row = document.createElement('div');
     row.className = 'hit';
-    const thumb = hit.image ? '<img alt="" src="/images/' + encodeURIComponent(hit.image) + '">' : '';
+    const thumb = hit.image ? '<img alt="">' : '';
     const rerank = hit.rerank_score === null ? '' : ' | rerank ' + hit.rerank_score.toFixed(3);
     row.innerHTML = thumb + '<div><div class="text"></div><div class="score">retrieval ' +
       hit.score.toFixed(3) + rerank + '</div></div>';
     row.querySelector('.text').textContent = hit.text || hit.id;
+    if (hit.image) showImage(row.querySelector('img'), hit.image, headers);
     results.appendChild(row);
   }
 });
