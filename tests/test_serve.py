@@ -108,6 +108,8 @@ def test_rerank_endpoint(base_url):
     ({"query": {"image": "/etc/passwd"}}, KEY, 400, "not fetched"),
     ({"query": {"text": "x"}, "rerank_mode": "bogus"}, KEY, 400, "rerank mode"),
     ({"query": {"text": "x"}, "instruction": "y" * 1_000_000}, KEY, 413, "instruction: with query.text"),
+    ({"query": {"text": "red \ud800 circles"}}, KEY, 400, "not valid Unicode"),
+    ({"query": {"image": png_data_url((1, 300))}}, KEY, 400, "max_image_aspect"),
     ({"query": {"text": 5}}, KEY, 422, "string"),
     ({"query": "not an object"}, KEY, 422, ""),
 ])

@@ -17,3 +17,60 @@ def test_the_instruction_counts_towards_max_text_chars():
     # an instruction alone (an image query) is bounded too
     with pytest.raises(InputError, match="instruction"):
         check_item(Item(image=None, text="x"), limits, "query", "y" * 1_000_000)
+
+
+def png_base64(size) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("size", [(1, 300), (2, 1000), (5000, 10)])
+def test_an_image_the_processors_refuse_is_a_400_naming_its_shape(size):
+    with pytest.raises(InputError, match=rf"query.image: image of {size[0]}x{size[1]}: .*max_image_aspect=200") as e:
+        check_item(Item(image=png_base64(size)), ServeLimits(), "query")
+    assert e.value.status == 400
+    text, image = check_item(Item(image=png_base64((10, 1000))), ServeLimits(), "query")  # 100:1 is fine
+    assert image.size == (10, 1000)
+
+
+def test_a_lone_surrogate_is_a_400_naming_the_field():
+    with pytest.raises(InputError, match=r"input\[2\].text: not valid Unicode .* at character 3"):
+        check_item(Item(text="red\ud800"), ServeLimits(), "input[2]")
+    with pytest.raises(InputError, match="instruction: not valid Unicode"):
+        check_item(Item(text="red"), ServeLimits(), "query", "\udfff")
+
+
+def test_one_input_the_embedder_refuses_fails_alone_and_its_batch_mates_get_their_vectors(tiny_dir):
+    import numpy as np
+
+    from unime.models import EmbedItem
+    from unime.serving.deployments import EmbedderDeployment, vector_or_422
+
+    # the deployment's class outside Serve: the batch handler's body (Serve only gathers the batch)
+    deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu")
+    encode, calls = deployment.embedder.encode, []
+
+    def refusing(items):
+        calls.append(len(items))
+        if any(item.text == "poison" for item in items):
+            raise TypeError("the tokenizer refuses it")
+        return encode(items)
+
+    deployment.embedder.encode = refusing
+    texts = ["a red circle", "poison", "blue squares", "green triangles"]
+    results = deployment.encode_batch([(text, None) for text in texts])
+    assert calls == [4, 1, 1, 1, 1]  # the batch, then each item alone
+    assert results[1] == {"error": "TypeError: the tokenizer refuses it"}
+    for text, vector in zip(texts, results):
+        if text != "poison":
+            np.testing.assert_allclose(vector, encode([EmbedItem(text, None)])[0], atol=1e-5)
+    with pytest.raises(InputError, match=r"input\[1\]: the embedder cannot encode it \(TypeError") as e:
+        vector_or_422(results[1], "input[1]")
+    assert e.value.status == 422
+    assert deployment.encode_batch([("poison", None)]) == [{"error": "TypeError: the tokenizer refuses it"}]

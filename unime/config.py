@@ -230,6 +230,8 @@ class ServeLimits:
 
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 16_000_000
+    # Qwen2-VL's and Qwen2.5-VL's processors refuse images whose long side is 200x the short
+    max_image_aspect: float = 200.0
     max_text_chars: int = 4000
     max_top_k: int = 100
     # with a vLLM reranker: at most its engine's images per prompt minus the query's (checked)

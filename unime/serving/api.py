@@ -70,6 +70,9 @@ def decode_image(value: str, limits: ServeLimits, field: str = "image"):
         width, height = image.size
         if width * height > limits.max_image_pixels:
             raise InputError(f"{field}: image of {width}x{height} exceeds max_image_pixels={limits.max_image_pixels}", 413)
+        if max(width, height) >= limits.max_image_aspect * min(width, height):
+            raise InputError(f"{field}: image of {width}x{height}: its long side must be under "
+                             f"max_image_aspect={limits.max_image_aspect:g} times its short side")
         return image.convert("RGB")
     except InputError:
         raise
@@ -86,12 +89,22 @@ def check_item(item: Item, limits: ServeLimits, field: str, instruction: str | N
     image = decode_image(item.image, limits, f"{field}.image") if item.image else None
     if not text.strip() and image is None:
         raise InputError(f"{field}: empty: give text, an image or both")
+    check_unicode(text, f"{field}.text")
     if instruction:
+        check_unicode(instruction, "instruction")
         text = f"{instruction}\n{text}" if text else instruction
         if len(text) > limits.max_text_chars:
             raise InputError(f"instruction: with {field}.text, longer than max_text_chars={limits.max_text_chars}",
                              413)
     return text, image
+
+
+def check_unicode(text: str, field: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no tokenizer encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{field}: not valid Unicode (a lone surrogate at character {exc.start})") from exc
 
 
 def check_range(name: str, value: int, low: int, high: int) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import io
 import logging
+import sys
 import time
 from dataclasses import asdict
 
@@ -55,12 +56,28 @@ class EmbedderDeployment:
         self.batch_sizes: list[int] = []
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, items: list) -> list[np.ndarray]:
+    async def embed(self, items: list) -> list[np.ndarray | dict]:
+        self.batch_sizes.append(len(items))
+        return self.encode_batch(items)
+
+    def encode_batch(self, items: list[tuple]) -> list[np.ndarray | dict]:
+        """One vector per ``(text, image)``; when the batch fails, each item alone, so one input
+        the model refuses gives its own request an ``{"error"}`` and its batch-mates their vectors."""
         from unime.models import EmbedItem
 
-        self.batch_sizes.append(len(items))
-        vectors = self.embedder.encode([EmbedItem(text, image) for text, image in items])
-        return list(vectors)
+        batch = [EmbedItem(text, image) for text, image in items]
+        try:
+            return list(self.embedder.encode(batch))
+        except Exception:
+            if len(batch) == 1:
+                return [refusal()]
+        return [self._alone(item) for item in batch]
+
+    def _alone(self, item) -> np.ndarray | dict:
+        try:
+            return self.embedder.encode([item])[0]
+        except Exception:
+            return refusal()
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
@@ -102,6 +119,20 @@ class RerankerDeployment:
             return {"error": error}
         return {"order": [int(k) for k in ranking.order], "scores": [float(s) for s in ranking.scores],
                 "parsed": ranking.parsed}
+
+
+def refusal() -> dict:
+    """The embedder's answer for an input it cannot encode (the exception being handled)."""
+    exc = sys.exc_info()[1]
+    logging.getLogger("unime.serving").warning("embedder refused an input: %s: %s", type(exc).__name__, exc)
+    return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def vector_or_422(vector, field: str) -> np.ndarray:
+    """A vector from :meth:`EmbedderDeployment.embed`, or its refusal as a 422 naming the field."""
+    if isinstance(vector, dict):
+        raise InputError(f"{field}: the embedder cannot encode it ({vector['error']})", 422)
+    return vector
 
 
 def checked(ranking: dict) -> dict:
@@ -181,7 +212,7 @@ class Ingress:
             check_range("input", len(request.input), 1, self.limits.max_batch)
             items = [check_item(item, self.limits, f"input[{k}]", request.instruction)
                      for k, item in enumerate(request.input)]
-            vectors = [await self.embedder.embed.remote(item) for item in items]
+            vectors = [vector_or_422(await self.embedder.embed.remote(item), f"input[{k}]") for k, item in enumerate(items)]
         return {"object": "list", "model": request.model or "unime-embedder",
                 "data": [{"object": "embedding", "index": k, "embedding": v.tolist()} for k, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
@@ -195,7 +226,7 @@ class Ingress:
             check_range("rerank_k", request.rerank_k, 1, self.limits.max_rerank_k)
             mode = self._mode(request.rerank_mode)
             query = check_item(request.query, self.limits, "query", request.instruction)
-            vector = await self.embedder.embed.remote(query)
+            vector = vector_or_422(await self.embedder.embed.remote(query), "query")
             embedded = time.perf_counter()
             wanted, rerank_error = max(request.top_k, request.rerank_k if request.rerank else 0), None
             hits = await self.retriever.search.remote(vector, wanted)
