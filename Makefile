@@ -16,9 +16,8 @@ export VLLM_LOGGING_LEVEL ?= ERROR
 
 .PHONY: setup browser demo demo-models test test-fast test-demo lint clean
 
-# pip byte-compiles what it installs: keep it (about 85 of the install's 175 s here), since
-# this machine sets PYTHONDONTWRITEBYTECODE=1 and every process would otherwise compile its
-# imports from source (CI took over 35 minutes with --no-compile)
+# Keep pip's byte-compilation (no --no-compile): where PYTHONDONTWRITEBYTECODE=1 is set, as on
+# this machine, nothing else writes .pyc files and every process would compile its imports
 $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -260,12 +260,11 @@ def test_checkpoint_init_std(tmp_path):
 
 
 def test_judge_examples_keep_true_matches_out_of_the_negatives():
-    pairs = _pairs([(q, p, "A") for q, p in zip("abcdefgh", ["red", "red circle", "blue", "green",
-                                                              "red square", "pink", "grey", "teal"])])
+    positive_of = dict(zip("abcdefgh", ["red", "red circle", "blue", "green", "red square", "pink", "grey", "teal"]))
+    pairs = _pairs([(q, p, "A") for q, p in positive_of.items()])
+
     def shares_a_word(query_text, query_image, candidate_text, candidate_image):
-        positive = dict(zip("abcdefgh", ["red", "red circle", "blue", "green", "red square", "pink", "grey",
-                                         "teal"]))[query_text]
-        return bool(set(positive.split()) & set(candidate_text.split()))
+        return bool(set(positive_of[query_text].split()) & set(candidate_text.split()))
 
     examples = me.judge_examples(pairs, seed=0, rounds=4, matches=shares_a_word)
     negatives = [e for e in examples if e["answer"] == NO]

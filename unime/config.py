@@ -230,7 +230,7 @@ class ServeLimits:
 
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 16_000_000
-    # Qwen2-VL's and Qwen2.5-VL's processors refuse images whose long side is 200x the short
+    # Qwen2-VL's and Qwen2.5-VL's processors refuse images whose long side exceeds 200x the short
     max_image_aspect: float = 200.0
     max_text_chars: int = 4000
     max_top_k: int = 100

@@ -106,10 +106,8 @@ class PretrainRecipe(ChatRecipe):
 class JudgeRecipe(ChatRecipe):
     """The judge MLLM trained here (yes/no on positives and negatives of the same dataset,
     fresh negatives each pass over the pairs); held-out AUC sample and scoring batch.
-    ``near_miss_share``, ``other_dataset_share`` and ``truthful_negatives``: see
-    :func:`judge_examples` (the latter keeps
-    other pairs' positives that the corpus's ground truth says answer the query out of the
-    negatives)."""
+    ``near_miss_share`` and ``other_dataset_share``: see :func:`judge_examples`;
+    ``truthful_negatives`` passes it the corpus's ground truth as ``matches``."""
 
     score_batch: int = 64
     auc_candidates: int = 5  # per held-out eval row: the positive and the next four

@@ -43,10 +43,10 @@ def has_ground_truth(config: PipelineConfig) -> bool:
 
 
 def demo_checks(config: PipelineConfig, filter_truth: dict | None = None,
-                gallery: list[list[tuple]] | None = None) -> list[Check] | None:
+                gallery: list[dict] | None = None) -> list[Check] | None:
     """Every check the run dir has the outputs for; None when the corpus has no ground truth.
-    ``filter_truth``: :func:`filter_truth` of the run; ``gallery``: the hard negatives the
-    report's gallery shows, per query (None: no mined records)."""
+    ``filter_truth``: :func:`filter_truth` of the run; ``gallery``: the mined records the
+    report's gallery shows, cut to the negatives shown (None: no mined records)."""
     if not has_ground_truth(config):
         return None
     return (judge_checks(config) + mining_checks(config, filter_truth) + gallery_checks(gallery)
@@ -86,11 +86,12 @@ def mining_checks(config: PipelineConfig, truth: dict | None) -> list[Check]:
     return checks
 
 
-def gallery_checks(shown: list[list[tuple]] | None) -> list[Check]:
+def gallery_checks(records: list[dict] | None) -> list[Check]:
     """The report's gallery: each query shown with distinct hard negatives (a judge that
     scores everything alike leaves one candidate repeated as every negative)."""
-    if shown is None:
+    if records is None:
         return []
+    shown = [[tuple(n) for n in record["hard_negatives"]] for record in records]
     distinct = [len(set(negatives)) for negatives in shown]
     return [Check("report gallery: distinct hard negatives per query",
                   f"{distinct} distinct of {[len(n) for n in shown]} shown", "all distinct",

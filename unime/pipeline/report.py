@@ -115,20 +115,22 @@ def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
         return None  # the report shows the text; the mining stages already quarantined bad images
 
 
-def gallery_records(records: pa.Table | None) -> list[dict]:
-    """The mined records the gallery shows, each cut to the hard negatives shown."""
+def gallery_records(records: pa.Table | None) -> list[dict] | None:
+    """The mined records the gallery shows, each cut to the hard negatives shown (None: no
+    mined records)."""
     if records is None:
-        return []
+        return None
     return [record | {"hard_negatives": record["hard_negatives"][:GALLERY_NEGATIVES],
                       "hard_negatives_scores": record["hard_negatives_scores"][:GALLERY_NEGATIVES]}
             for record in records.slice(0, GALLERY_QUERIES).to_pylist()]
 
 
-def gallery_section(config: PipelineConfig, records: pa.Table | None) -> Section:
-    if records is None or records.num_rows == 0:
+def gallery_section(config: PipelineConfig, records: pa.Table | None, shown: list[dict] | None) -> Section:
+    """``shown``: :func:`gallery_records` of ``records``."""
+    if not shown:
         return Section("gallery", "Mined hard negatives", missing("mine"))
     examples = []
-    for record in gallery_records(records):
+    for record in shown:
         row = [{"role": "query", "text": record["query_text"], "thumbnail": _thumbnail(record["query_image"], config)},
                {"role": "positive", "text": record["pos_text"], "score": record["query_pos_scores"],
                 "thumbnail": _thumbnail(record["pos_image"], config)}]
@@ -185,11 +187,11 @@ def run(config: PipelineConfig) -> dict:
     records = read_parquet_dir(mined_path, options) if exists(mined_path, options) else None
     written: dict[str, bytes] = {}
     truth = filter_truth(config) if summary is not None else None
+    shown = gallery_records(records)
     sections = [stages_section(config, [s for s in STAGES if s != STAGE]), judge_section(summary, written),
-                filter_section(config, summary, truth), gallery_section(config, records),
+                filter_section(config, summary, truth), gallery_section(config, records, shown),
                 training_section(config, written), evaluation_section(config)]
-    shown = [[tuple(n) for n in record["hard_negatives"]] for record in gallery_records(records)]
-    checks = demo_checks(config, truth, shown if records is not None else None)
+    checks = demo_checks(config, truth, shown)
     if checks is not None:
         sections.insert(0, checks_section(checks))
         write_bytes(checks_path(run_dir), json.dumps([c.as_dict() for c in checks], indent=2).encode(), options)

@@ -70,8 +70,8 @@ def decode_image(value: str, limits: ServeLimits, field: str = "image"):
         width, height = image.size
         if width * height > limits.max_image_pixels:
             raise InputError(f"{field}: image of {width}x{height} exceeds max_image_pixels={limits.max_image_pixels}", 413)
-        if max(width, height) >= limits.max_image_aspect * min(width, height):
-            raise InputError(f"{field}: image of {width}x{height}: its long side must be under "
+        if max(width, height) > limits.max_image_aspect * min(width, height):
+            raise InputError(f"{field}: image of {width}x{height}: its long side must be at most "
                              f"max_image_aspect={limits.max_image_aspect:g} times its short side")
         return image.convert("RGB")
     except InputError:

@@ -14,7 +14,6 @@ import contextlib
 import hmac
 import io
 import logging
-import sys
 import time
 from dataclasses import asdict
 
@@ -68,16 +67,16 @@ class EmbedderDeployment:
         batch = [EmbedItem(text, image) for text, image in items]
         try:
             return list(self.embedder.encode(batch))
-        except Exception:
+        except Exception as exc:
             if len(batch) == 1:
-                return [refusal()]
+                return [refusal(exc)]
         return [self._alone(item) for item in batch]
 
     def _alone(self, item) -> np.ndarray | dict:
         try:
             return self.embedder.encode([item])[0]
-        except Exception:
-            return refusal()
+        except Exception as exc:
+            return refusal(exc)
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
@@ -121,9 +120,8 @@ class RerankerDeployment:
                 "parsed": ranking.parsed}
 
 
-def refusal() -> dict:
-    """The embedder's answer for an input it cannot encode (the exception being handled)."""
-    exc = sys.exc_info()[1]
+def refusal(exc: Exception) -> dict:
+    """The embedder's answer for an input it cannot encode."""
     logging.getLogger("unime.serving").warning("embedder refused an input: %s: %s", type(exc).__name__, exc)
     return {"error": f"{type(exc).__name__}: {exc}"}
 
