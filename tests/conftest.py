@@ -40,6 +40,16 @@ def demo_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mined_run(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
+    """The mining stages (ingest -> mine) run once on the small test config: ``(config, results)``.
+    Tests that train copy its run dir; tests that read it must not write there."""
+    from tests.helpers import mining_config, run_all
+
+    config = mining_config(demo_dir, tiny_dir, tmp_path_factory.mktemp("mine"))
+    return config, run_all(config)
+
+
+@pytest.fixture(scope="session")
 def metrics_port():
     """The Prometheus endpoint of the session's Ray cluster."""
     return free_port()

@@ -14,12 +14,6 @@ from unime.pipeline import embed, ingest, judge, manifest, mine, retrieve
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def mined_run(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
-    config = mining_config(demo_dir, tiny_dir, tmp_path_factory.mktemp("mine"))
-    return config, run_all(config)
-
-
 def test_every_pair_is_a_record_or_a_counted_skip(mined_run):
     config, results = mined_run
     counts = results["mine"]["rows"]

@@ -1,6 +1,8 @@
-"""A whole run with its run dir on S3 (a local S3 server): training checkpoints through pyarrow's
-native S3 client, merged checkpoints published from a Ray task in the run's dtype, and every
-later stage (evaluate, index, serve) loading the trained models from S3."""
+"""The stages after mining with their run dir on S3 (a local S3 server): training checkpoints
+through pyarrow's native S3 client, merged checkpoints published from a Ray task in the run's
+dtype, and every later stage (evaluate, index, serve) loading the trained models from S3. The
+mining stages on S3 are test_mining_stages' (a mine job from a config on S3); here the session's
+mined run is uploaded as the run's ingest and mine stages."""
 
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ from tests.helpers import ROOT, free_port, load_script, pipeline_overrides
 
 pytestmark = pytest.mark.integration
 RUN = "unime-test/s3-run"
-STAGES = "ingest,embed,retrieve,judge,mine,train_embedder,train_reranker,evaluate,index,serve"
+STAGES = "train_embedder,train_reranker,evaluate,index,serve"
 
 
 @pytest.fixture(scope="module")
-def s3_run(ray_cluster, s3_server, demo_dir, tiny_dir, tmp_path_factory):
+def s3_run(ray_cluster, s3_server, mined_run, demo_dir, tiny_dir, tmp_path_factory):
     import fsspec
 
+    s3 = fsspec.filesystem("s3", **s3_server)
+    for stage in ("ingest", "mine"):  # the index's corpus is ingest's; training reads mine's
+        s3.put(f"{mined_run[0].run_dir}/{stage}", f"{RUN}/", recursive=True)
     overrides = pipeline_overrides(demo_dir, tiny_dir, f"s3://{RUN}") + [
         f"data.storage_options.{key}={value}" for key, value in s3_server.items()] + [
         "models.dtype=bfloat16", f"serve.port={free_port()}", "serve.keep_running=false", "serve.replica_cpus=0.1"]
@@ -30,7 +35,7 @@ def s3_run(ray_cluster, s3_server, demo_dir, tiny_dir, tmp_path_factory):
         code = load_script("ray_jobs/full_pipeline.py").main(
             ["--config", "configs/demo.yaml", "--stages", STAGES, *overrides])
     assert code == 0, printed.getvalue()
-    return fsspec.filesystem("s3", **s3_server), printed.getvalue()
+    return s3, printed.getvalue()
 
 
 def test_training_checkpoints_and_merged_models_live_on_s3(s3_run):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import mining_config, run_all
+from tests.helpers import mining_config
 from unime.pipeline import mine, train_embedder
 from unime.train.embedder import EmbedderTrainer, training_examples
 
@@ -20,11 +21,8 @@ TRAIN = ["train_embedder.num_workers=1", "train_embedder.use_gpu=false", "train_
 
 
 @pytest.fixture(scope="module")
-def mined(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("train")
-    config = mining_config(demo_dir, tiny_dir, run_dir)
-    run_all(config)
-    return run_dir
+def mined(mined_run):
+    return Path(mined_run[0].run_dir)
 
 
 def train_config(demo_dir, tiny_dir, mined, run_dir, *overrides):
@@ -66,10 +64,19 @@ def _final_progress(config):
         return json.loads(open(f"{folder}/progress.json").read())
 
 
+RESUME_STEPS = ["train_embedder.max_steps=6", "train_embedder.checkpoint_every=2", "train_embedder.max_failures=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_progress(demo_dir, tiny_dir, mined, tmp_path_factory):
+    """The final progress of the resume tests' run without a fault (one run for both storages)."""
+    return _final_progress(train_config(demo_dir, tiny_dir, mined, tmp_path_factory.mktemp("clean"), *RESUME_STEPS))
+
+
 @pytest.mark.parametrize("storage", ["local", "s3"])
-def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, tmp_path, storage, request):
-    steps = ["train_embedder.max_steps=6", "train_embedder.checkpoint_every=2", "train_embedder.max_failures=1"]
-    reference = _final_progress(train_config(demo_dir, tiny_dir, mined, tmp_path / "clean", *steps))
+def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, uninterrupted_progress, tmp_path,
+                                                   storage, request):
+    steps, reference = RESUME_STEPS, uninterrupted_progress
     run_dir = tmp_path / "faulty"
     extra = []
     if storage == "s3":

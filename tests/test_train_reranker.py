@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import mining_config, run_all
+from tests.helpers import mining_config
 from unime.pipeline import mine, train_reranker
 from unime.rerank import Reranker
 from unime.rerank.prompts import training_chats
@@ -16,14 +17,14 @@ from unime.rerank.prompts import training_chats
 pytestmark = pytest.mark.integration
 
 
-def test_reranker_learns_the_listwise_format(ray_cluster, demo_dir, tiny_dir, tmp_path):
+def test_reranker_learns_the_listwise_format(mined_run, demo_dir, tiny_dir, tmp_path):
+    shutil.copytree(mined_run[0].run_dir, tmp_path, dirs_exist_ok=True)  # the session's mining, not redone
     config = mining_config(
         demo_dir, tiny_dir, tmp_path, f"models.reranker={tiny_dir}/reranker",
         "train_reranker.num_workers=1", "train_reranker.use_gpu=false", "train_reranker.cpus_per_worker=0.5",
         "train_reranker.effective_batch_size=8", "train_reranker.micro_batch_size=8", "train_reranker.lr=1e-3",
         "train_reranker.epochs=3", "train_reranker.full_finetune=true",
         "train_reranker.listwise_candidates=3", "train_reranker.checkpoint_every=1000")
-    run_all(config)
     result = train_reranker.run(config)
     losses = json.loads((tmp_path / "train_reranker" / "losses.json").read_text())
     assert result["rows"]["steps"] == len(losses) > 10
