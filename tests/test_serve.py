@@ -1,4 +1,6 @@
-"""The Serve app over HTTP on 127.0.0.1: every endpoint, ordering, and bad requests as 4xx."""
+"""The Serve app over HTTP on 127.0.0.1: every endpoint, ordering, bad requests as 4xx, and the
+ecosystem's real clients (the OpenAI SDK, LangChain's OpenAI embeddings, the Cohere SDK) against
+unime's own models loaded in this process."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def png_data_url(size=(64, 64), noise: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
+def served(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
+    """(base URL, config) of the app over a small index."""
     from ray import serve
 
     from tests.helpers import mining_config
@@ -45,8 +48,13 @@ def base_url(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="unime", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", config
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_url(served):
+    return served[0]
 
 
 def post(base_url, route, payload, headers=KEY):
@@ -68,6 +76,7 @@ def test_embeddings_openai_shape(base_url):
     assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1, 2]
     for item in body["data"]:
         assert item["object"] == "embedding" and abs(np.linalg.norm(item["embedding"]) - 1) < 1e-4
+    assert body["model"] == "unime" and body["usage"]["prompt_tokens"] > 3 * 5
 
 
 def test_search_orders_and_rerank_permutes_the_head(base_url):
@@ -87,18 +96,21 @@ def test_search_orders_and_rerank_permutes_the_head(base_url):
     assert set(reranked["timings_ms"]) == {"embed", "retrieve", "rerank", "total"}
 
 
-def test_rerank_endpoint(base_url):
-    response = post(base_url, "/v1/rerank", {"query": {"text": "a red circle"},
-                                             "candidates": [{"text": "a red circle"}, {"text": "blue squares"},
-                                                            {"image": png_data_url()}], "mode": "listwise"})
+def test_rerank_endpoint_takes_multimodal_documents(base_url):
+    documents = [{"text": "a red circle"}, {"text": "blue squares"}, {"image": png_data_url()}]
+    response = post(base_url, "/v1/rerank", {"query": {"text": "a red circle"}, "documents": documents,
+                                             "mode": "listwise", "return_documents": True})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert sorted(body["order"]) == [0, 1, 2] and abs(sum(body["scores"]) - 1) < 1e-5
+    assert sorted(r["index"] for r in body["results"]) == [0, 1, 2] and body["mode"] == "listwise"
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-5  # listwise: a softmax
+    assert all(r["document"] == documents[r["index"]] for r in body["results"])
 
 
 @pytest.mark.parametrize(("payload", "headers", "status", "message"), [
     ({"query": {"text": "x"}}, {}, 401, "missing API key"),
-    ({"query": {"text": "x"}}, {"X-API-Key": "wrong"}, 403, "invalid API key"),
+    ({"query": {"text": "x"}}, {"X-API-Key": "wrong"}, 401, "invalid API key"),
     ({"query": {"text": "   "}}, KEY, 400, "empty"),
     ({"query": {"text": "x"}, "top_k": 0}, KEY, 400, "top_k"),
     ({"query": {"text": "x"}, "top_k": 999}, KEY, 400, "top_k"),
@@ -110,13 +122,14 @@ def test_rerank_endpoint(base_url):
     ({"query": {"text": "x"}, "instruction": "y" * 1_000_000}, KEY, 413, "instruction: with query.text"),
     ({"query": {"text": "red \ud800 circles"}}, KEY, 400, "not valid Unicode"),
     ({"query": {"image": png_data_url((1, 300))}}, KEY, 400, "max_image_aspect"),
-    ({"query": {"text": 5}}, KEY, 422, "string"),
-    ({"query": "not an object"}, KEY, 422, ""),
+    ({"query": {"text": 5}}, KEY, 400, "query.text: Input should be a valid string"),
+    ({"query": "not an object"}, KEY, 400, "query"),
 ])
 def test_bad_requests_are_4xx_with_a_message(base_url, payload, headers, status, message):
     response = post(base_url, "/v1/search", payload, headers)
     assert response.status_code == status, response.text
-    assert message in response.text
+    error = response.json()["error"]  # OpenAI's error body, whatever the route
+    assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
 
 
 def test_oversized_image_and_malformed_json_then_still_serving(base_url):
@@ -156,7 +169,7 @@ def test_corpus_images_need_the_api_key_before_the_path_is_looked_at(base_url):
     indexed = next(h["image"] for h in hits if h["image"])
     for path in (indexed, "not/indexed.png"):
         assert requests.get(f"{base_url}/images/{path}", timeout=10).status_code == 401
-        assert requests.get(f"{base_url}/images/{path}", headers={"X-API-Key": "wrong"}, timeout=10).status_code == 403
+        assert requests.get(f"{base_url}/images/{path}", headers={"X-API-Key": "wrong"}, timeout=10).status_code == 401
     image = requests.get(f"{base_url}/images/{indexed}", headers=KEY, timeout=10)
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert requests.get(f"{base_url}/images/not/indexed.png", headers=KEY, timeout=10).status_code == 404
@@ -176,9 +189,123 @@ def test_a_rerank_prompt_over_the_token_budget_is_a_413_and_the_app_keeps_servin
     its length, not truncated, not a 500."""
     long_query = {"text": " ".join(["red circle blue square green"] * 130)}  # under max_text_chars
     for mode in ("pairwise", "listwise"):
-        response = post(base_url, "/v1/rerank", {"query": long_query, "candidates": [{"text": "a"}, {"text": "b"}],
-                                                  "mode": mode})
+        response = post(base_url, "/v1/rerank", {"query": long_query, "documents": ["a", "b"], "mode": mode})
         assert response.status_code == 413, response.text
-        assert "max_model_len=700" in response.json()["error"]
-    assert post(base_url, "/v1/rerank", {"query": {"text": "red"}, "candidates": [{"text": "a"}, {"text": "b"}]}
-                ).status_code == 200
+        assert "max_model_len=700" in response.json()["error"]["message"]
+    assert post(base_url, "/v1/rerank", {"query": "red", "documents": ["a", "b"]}).status_code == 200
+
+
+# ----- the ecosystem's clients, pointed at 127.0.0.1
+
+TEXTS = ["two red circles", "a blue square on the left", "three green triangles"]
+
+
+@pytest.fixture(scope="module")
+def local_models(served, tiny_dir):
+    """unime's own embedder and reranker in this process, fed as the deployments feed them."""
+    from unime.models import Embedder
+    from unime.pipeline import build_index
+    from unime.rerank import Reranker
+    from unime.serving.deployments import embedder_inputs
+
+    config = served[1]
+    embedder = Embedder(str(tiny_dir / "embedder"), device="cpu",
+                        **embedder_inputs(config, build_index.output_path(config.run_dir)))
+    return embedder, Reranker(str(tiny_dir / "reranker"), device="cpu", **config.reranker_inputs())
+
+
+def own_vectors(embedder, texts) -> np.ndarray:
+    from unime.models import EmbedItem
+
+    return np.stack([embedder.encode([EmbedItem(text)])[0] for text in texts])
+
+
+def test_the_openai_sdk_embeds_str_and_lists_in_float_and_base64(base_url, local_models):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="secret", max_retries=0)
+    expected = own_vectors(local_models[0], TEXTS)
+    one = client.embeddings.create(model="unime", input=TEXTS[0])  # the SDK asks for base64 and decodes it
+    np.testing.assert_allclose(one.data[0].embedding, expected[0], atol=1e-6)
+    for encoding in ("float", "base64"):
+        many = client.embeddings.create(model="unime", input=TEXTS, encoding_format=encoding, dimensions=128)
+        got = [base64_floats(d.embedding) if encoding == "base64" else d.embedding for d in many.data]
+        np.testing.assert_allclose(np.array(got), expected, atol=1e-6)
+        assert many.usage.prompt_tokens > 0 and many.model == "unime"
+    assert [m.id for m in client.models.list()] == ["unime", "unime-reranker"]
+
+
+def base64_floats(payload: str) -> list[float]:
+    import struct
+
+    raw = base64.b64decode(payload)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def test_the_openai_sdk_raises_its_typed_errors_with_unimes_message(base_url):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="secret", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="not trained to be truncated"):
+        client.embeddings.create(model="unime", input="red", dimensions=64)
+    with pytest.raises(openai.BadRequestError, match=r"input: 33 is outside 1..32"):
+        client.embeddings.create(model="unime", input=["red"] * 33)
+    with pytest.raises(openai.APIStatusError, match="longer than max_text_chars") as too_long:
+        client.embeddings.create(model="unime", input="red " * 2000)
+    assert too_long.value.status_code == 413 and too_long.value.body["param"] == "input[0]"
+    with pytest.raises(openai.NotFoundError, match="this server's embedder is 'unime'"):
+        client.embeddings.create(model="text-embedding-3-small", input="red")
+    with pytest.raises(openai.BadRequestError, match="token ids are not accepted"):
+        client.embeddings.create(model="unime", input=[[1, 2, 3]])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).embeddings.create(
+            model="unime", input="red")
+
+
+def test_langchains_openai_embeddings_wrapper_gets_unimes_vectors(base_url, local_models):
+    from langchain_openai import OpenAIEmbeddings
+
+    # no tiktoken pre-tokenisation: that is OpenAI's own tokenizer, not the served model's
+    wrapper = OpenAIEmbeddings(model="unime", base_url=f"{base_url}/v1", api_key="secret",
+                               check_embedding_ctx_length=False, max_retries=0)
+    expected = own_vectors(local_models[0], TEXTS)
+    np.testing.assert_allclose(wrapper.embed_documents(TEXTS), expected, atol=1e-6)
+    np.testing.assert_allclose(wrapper.embed_query(TEXTS[1]), expected[1], atol=1e-6)
+
+
+def test_the_cohere_sdk_and_tei_rerank_in_unimes_order(base_url, local_models):
+    import cohere
+
+    reranker = local_models[1]
+    query, documents = "two red circles", [*TEXTS, "one red circle", "red squares"]
+    own = reranker.rank((query, None), [(d, None) for d in documents], mode="pairwise")  # the app's mode
+    client = cohere.ClientV2(api_key="secret", base_url=base_url)
+    answer = client.rerank(model="unime-reranker", query=query, documents=documents, top_n=3)
+    assert [r.index for r in answer.results] == own.order[:3]
+    np.testing.assert_allclose([r.relevance_score for r in answer.results],
+                               [own.scores[k] for k in own.order[:3]], atol=1e-5)
+    with pytest.raises(cohere.NotFoundError):
+        client.rerank(model="rerank-v3.5", query=query, documents=documents)
+    tei = post(base_url, "/rerank", {"query": query, "texts": documents, "return_text": True})
+    assert tei.status_code == 200, tei.text
+    assert [r["index"] for r in tei.json()] == own.order
+    assert [r["text"] for r in tei.json()] == [documents[k] for k in own.order]
+    refused = post(base_url, "/rerank", {"query": query, "texts": documents, "raw_scores": True})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "raw_scores"
+
+
+def test_info_and_models_describe_the_deployment(base_url, tiny_dir):
+    info = requests.get(base_url + "/info", headers=KEY, timeout=30).json()
+    assert info["model_name"] == "unime" and info["embedding_dimension"] == 128
+    assert info["model_id"] == str(tiny_dir / "embedder") and info["model_dtype"] == "float32"
+    assert info["input_recipe"] == "qwen2-vl-native" and info["max_client_batch_size"] == 32
+    assert info["reranker"] == {"model_name": "unime-reranker", "model_id": str(tiny_dir / "reranker"),
+                                "backend": "hf", "mode": "pairwise"}
+    assert info["limits"]["max_image_bytes"] == 20000 and info["versions"]["torch"]
+    models = requests.get(base_url + "/v1/models", headers=KEY, timeout=30).json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["unime", "unime-reranker"]
+    assert requests.get(base_url + "/v1/models", timeout=30).status_code == 401
+    schema = requests.get(base_url + "/openapi.json", timeout=30).json()
+    for route in ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/rerank", "/v1/search", "/v1/models", "/info"):
+        assert route in schema["paths"], route
+    assert schema["components"]["schemas"]["EmbeddingsRequest"]["examples"]

@@ -54,22 +54,24 @@ def test_one_input_the_embedder_refuses_fails_alone_and_its_batch_mates_get_thei
 
     # the deployment's class outside Serve: the batch handler's body (Serve only gathers the batch)
     deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu")
-    encode, calls = deployment.embedder.encode, []
+    encode, encode_counted, calls = deployment.embedder.encode, deployment.embedder.encode_counted, []
 
     def refusing(items):
         calls.append(len(items))
         if any(item.text == "poison" for item in items):
             raise TypeError("the tokenizer refuses it")
-        return encode(items)
+        return encode_counted(items)
 
-    deployment.embedder.encode = refusing
+    deployment.embedder.encode_counted = refusing
     texts = ["a red circle", "poison", "blue squares", "green triangles"]
     results = deployment.encode_batch([(text, None) for text in texts])
     assert calls == [4, 1, 1, 1, 1]  # the batch, then each item alone
     assert results[1] == {"error": "TypeError: the tokenizer refuses it"}
-    for text, vector in zip(texts, results):
+    for text, answer in zip(texts, results):
         if text != "poison":
-            np.testing.assert_allclose(vector, encode([EmbedItem(text, None)])[0], atol=1e-5)
+            np.testing.assert_allclose(answer["vector"], encode([EmbedItem(text, None)])[0], atol=1e-5)
+            tokens = deployment.embedder.processor.tokenizer(deployment.embedder.recipe.embed_text(text, False))
+            assert answer["tokens"] == len(tokens["input_ids"])
     with pytest.raises(InputError, match=r"input\[1\]: the embedder cannot encode it \(TypeError") as e:
         vector_or_422(results[1], "input[1]")
     assert e.value.status == 422

@@ -251,6 +251,9 @@ class ServeConfig:
     # the reranker replica's backend; a vLLM one is sized by eval.rerank_engine
     rerank_backend: Literal["hf", "vllm"] = "hf"
     api_key: str | None = None
+    # the names clients send as `model` (OpenAI, Cohere) and GET /v1/models lists
+    model_name: str = "unime"
+    reranker_name: str = "unime-reranker"
     host: str = "127.0.0.1"
     port: int = 8000
     batch_size: int = 16

@@ -96,5 +96,15 @@ class Embedder:
 
     @torch.inference_mode()
     def encode(self, items: list[EmbedItem]) -> np.ndarray:
-        return self.forward(self.collate(items)).cpu().numpy()
+        return self.encode_counted(items)[0]
+
+    @torch.inference_mode()
+    def encode_counted(self, items: list[EmbedItem]) -> tuple[np.ndarray, list[int]]:
+        """The embeddings and each item's prompt length in tokens (image tokens included)."""
+        batch = self.collate(items)
+        return self.forward(batch).cpu().numpy(), batch["attention_mask"].sum(dim=1).tolist()
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
 

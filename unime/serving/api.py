@@ -1,7 +1,9 @@
-"""HTTP request and response models, and input validation that turns bad input into 4xx.
+"""HTTP request models, and input validation that turns bad input into 4xx.
 
-Images arrive as base64 or ``data:`` URLs only: the server never fetches URLs or reads local
-paths named in a request.
+The embeddings request is OpenAI's (``/v1/embeddings``), the rerank requests are Cohere's and
+Jina's (``/v1/rerank``, ``/v2/rerank``) and TEI's (``/rerank``); unime's own extensions
+(multimodal items, ``instruction``, ``mode``) are optional fields. Images arrive as base64 or
+``data:`` URLs only: the server never fetches URLs or reads local paths named in a request.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import base64
 import binascii
 import io
 import re
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from unime.config import ServeLimits
 
@@ -19,11 +22,12 @@ _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 
 
 class InputError(ValueError):
-    """Bad request content; the message goes back to the client with a 4xx."""
+    """Bad request content; the message goes back to the client with a 4xx. ``param``: the
+    request field at fault (OpenAI's error ``param``), ``code``: a machine-readable reason."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.param, self.code = status, param, code
 
 
 class Item(BaseModel):
@@ -32,12 +36,39 @@ class Item(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
-    input: list[Item] = Field(description="items to embed")
-    instruction: str | None = Field(default=None, description="task instruction prepended to each text")
-    model: str | None = None
+    """OpenAI's embeddings request; ``input`` items may also be unime's ``{text, image}`` objects."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "unime", "input": ["two red circles", "a blue square"]},
+        {"model": "unime", "input": [{"text": "a red circle", "image": "data:image/png;base64,iVBORw0..."}],
+         "encoding_format": "base64", "instruction": "Represent the given image with the following question:"}]})
+
+    input: str | list[str | Item | int | list[int]] = Field(
+        description="a string, a list of strings, or a list of {text, image} items (token ids are not accepted)")
+    model: str | None = Field(default=None, description="the deployed embedder's name (GET /v1/models)")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="float lists, or base64 of little-endian float32 (as the OpenAI SDK decodes)")
+    dimensions: int | None = Field(default=None, description="the model's own dimension only (see GET /info)")
+    user: str | None = Field(default=None, description="accepted and ignored, as OpenAI's end-user id")
+    instruction: str | None = Field(default=None, description="unime: task instruction prepended to each text")
+
+    def items(self) -> list[Item]:
+        """``input`` as unime items, or :class:`InputError` for token ids."""
+        inputs = [self.input] if isinstance(self.input, str) else self.input
+        items = []
+        for k, value in enumerate(inputs):
+            if isinstance(value, int | list):
+                raise InputError(f"input[{k}]: token ids are not accepted; send the text", param=f"input[{k}]")
+            items.append(Item(text=value) if isinstance(value, str) else value)
+        return items
 
 
 class SearchRequest(BaseModel):
+    """unime's retrieve-then-rerank search over the index."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": {"text": "two red circles"}, "top_k": 5, "rerank": True, "rerank_k": 10}]})
+
     query: Item
     instruction: str | None = None
     top_k: int = 10
@@ -47,13 +78,52 @@ class SearchRequest(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    query: Item
-    candidates: list[Item]
-    mode: str | None = None
+    """Cohere's and Jina's rerank request; the query and documents may also be unime's
+    ``{text, image}`` objects (Cohere v1 sends documents as ``{text}`` objects)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "unime-reranker", "query": "two red circles", "documents": ["two red circles", "a blue square"],
+         "top_n": 1, "return_documents": True}]})
+
+    model: str | None = Field(default=None, description="the deployed reranker's name (GET /v1/models)")
+    query: str | Item
+    documents: list[str | Item]
+    top_n: int | None = Field(default=None, description="how many results; all when omitted")
+    return_documents: bool = Field(default=False, description="echo each result's document")
+    max_tokens_per_doc: int | None = Field(
+        default=None, description="not supported: a prompt over the reranker's budget is refused (413), not cut")
+    mode: str | None = Field(default=None, description="unime: pairwise, listwise or listwise-greedy")
+
+    def query_item(self) -> Item:
+        return Item(text=self.query) if isinstance(self.query, str) else self.query
+
+    def document_items(self) -> list[Item]:
+        return [Item(text=d) if isinstance(d, str) else d for d in self.documents]
+
+
+class TeiRerankRequest(BaseModel):
+    """Text Embeddings Inference's rerank request."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": "two red circles", "texts": ["two red circles", "a blue square"], "return_text": True}]})
+
+    query: str
+    texts: list[str]
+    return_text: bool = False
+    raw_scores: bool = Field(default=False, description="not supported: scores are probabilities in [0, 1]")
+    truncate: bool | None = Field(default=None, description="not supported: over-budget prompts are refused (413)")
 
 
 def decode_image(value: str, limits: ServeLimits, field: str = "image"):
     """base64 / data URL -> RGB PIL image, or :class:`InputError` naming the problem."""
+    try:
+        return _decode_image(value, limits, field)
+    except InputError as exc:
+        exc.param = exc.param or field
+        raise
+
+
+def _decode_image(value: str, limits: ServeLimits, field: str):
     from PIL import Image
 
     if value.startswith(("http://", "https://", "file:", "/", "s3://", "gs://")):
@@ -83,6 +153,14 @@ def decode_image(value: str, limits: ServeLimits, field: str = "image"):
 def check_item(item: Item, limits: ServeLimits, field: str, instruction: str | None = None) -> tuple[str, object]:
     """(text, PIL image or None) for an item, or :class:`InputError`. ``max_text_chars``
     bounds the text the model reads: the instruction, when given, counts."""
+    try:
+        return _check_item(item, limits, field, instruction)
+    except InputError as exc:
+        exc.param = exc.param or field
+        raise
+
+
+def _check_item(item: Item, limits: ServeLimits, field: str, instruction: str | None) -> tuple[str, object]:
     text = item.text or ""
     if len(text) > limits.max_text_chars:
         raise InputError(f"{field}.text: longer than max_text_chars={limits.max_text_chars}", 413)
@@ -109,4 +187,4 @@ def check_unicode(text: str, field: str) -> None:
 
 def check_range(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise InputError(f"{name}: {value} is outside {low}..{high}")
+        raise InputError(f"{name}: {value} is outside {low}..{high}", param=name)

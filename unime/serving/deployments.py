@@ -4,42 +4,70 @@
 - :class:`RetrieverDeployment`: the index artefact; refuses to start when the index was
   built by another embedder than the one deployed;
 - :class:`RerankerDeployment`: the reranker;
-- :class:`Ingress`: the HTTP API (``/v1/embeddings``, ``/v1/search``, ``/v1/rerank``,
-  ``/healthz``) and the search page at ``/``.
+- :class:`Ingress`: the HTTP API and the search page at ``/``: OpenAI's ``/v1/embeddings``
+  and ``/v1/models``, Cohere's and Jina's ``/v1/rerank`` and ``/v2/rerank``, TEI's ``/rerank``
+  and ``/info``, unime's ``/v1/search``, and ``/healthz``. Every 4xx has OpenAI's error body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import io
 import logging
 import time
+import uuid
 from dataclasses import asdict
 
 import numpy as np
 from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from unime.config import ServeLimits
 from unime.monitoring import record
 from unime.serving.api import (
     EmbeddingsRequest,
     InputError,
+    Item,
     RerankRequest,
     SearchRequest,
+    TeiRerankRequest,
     check_item,
     check_range,
 )
+from unime.serving.formats import (
+    checked_dimensions,
+    embeddings_body,
+    error_body,
+    rerank_results,
+    tei_results,
+    validation_error,
+)
 from unime.serving.page import SEARCH_PAGE
 
-app = FastAPI(title="unime", description="UniME-V2 retrieve-then-rerank", version="0.1.0")
+app = FastAPI(title="unime", description="UniME-V2 retrieve-then-rerank, with OpenAI-, Cohere- and TEI-shaped "
+              "routes", version="0.1.0")
 
 
 @app.exception_handler(InputError)
 async def _input_error(_: Request, exc: InputError):
-    return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+    return JSONResponse(status_code=exc.status, content=error_body(exc.status, str(exc), exc.param, exc.code))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError):
+    """A body of the wrong shape is a 400 (as OpenAI answers it), not FastAPI's raw 422 list."""
+    message, param = validation_error(exc.errors())
+    return JSONResponse(status_code=400, content=error_body(400, message, param))
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException):
+    return JSONResponse(status_code=exc.status_code, content=error_body(exc.status_code, str(exc.detail)))
 
 
 @serve.deployment
@@ -55,31 +83,42 @@ class EmbedderDeployment:
         self.batch_sizes: list[int] = []
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, items: list) -> list[np.ndarray | dict]:
+    async def embed(self, items: list) -> list[dict]:
         self.batch_sizes.append(len(items))
         return self.encode_batch(items)
 
-    def encode_batch(self, items: list[tuple]) -> list[np.ndarray | dict]:
-        """One vector per ``(text, image)``; when the batch fails, each item alone, so one input
-        the model refuses gives its own request an ``{"error"}`` and its batch-mates their vectors."""
+    def encode_batch(self, items: list[tuple]) -> list[dict]:
+        """``{"vector", "tokens"}`` per ``(text, image)``; when the batch fails, each item alone,
+        so one input the model refuses gives its own request an ``{"error"}`` and its
+        batch-mates their vectors."""
         from unime.models import EmbedItem
 
         batch = [EmbedItem(text, image) for text, image in items]
         try:
-            return list(self.embedder.encode(batch))
+            return embedded(*self.embedder.encode_counted(batch))
         except Exception as exc:
             if len(batch) == 1:
                 return [refusal(exc)]
         return [self._alone(item) for item in batch]
 
-    def _alone(self, item) -> np.ndarray | dict:
+    def _alone(self, item) -> dict:
         try:
-            return self.embedder.encode([item])[0]
+            return embedded(*self.embedder.encode_counted([item]))[0]
         except Exception as exc:
             return refusal(exc)
 
+    def facts(self) -> dict:
+        """What ``/info`` reports of this replica's model."""
+        return {"model_id": self.model, "embedding_dimension": self.embedder.dimension,
+                "model_dtype": str(self.embedder.model.dtype).removeprefix("torch."),
+                "input_recipe": self.embedder.recipe.name, "max_input_tokens": self.embedder.recipe.max_length}
+
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
+
+
+def embedded(vectors: np.ndarray, tokens: list[int]) -> list[dict]:
+    return [{"vector": vector, "tokens": int(count)} for vector, count in zip(vectors, tokens)]
 
 
 @serve.deployment
@@ -111,6 +150,10 @@ class RerankerDeployment:
 
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, storage_options=storage_options,
                                  engine=engine, **(inputs or {}))
+        self.model, self.backend = model, backend
+
+    def facts(self) -> dict:
+        return {"model_id": self.model, "backend": self.backend}
 
     def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
         ranking, error = self.reranker.rank_or_refusal(query, candidates, mode)
@@ -126,17 +169,18 @@ def refusal(exc: Exception) -> dict:
     return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def vector_or_422(vector, field: str) -> np.ndarray:
-    """A vector from :meth:`EmbedderDeployment.embed`, or its refusal as a 422 naming the field."""
-    if isinstance(vector, dict):
-        raise InputError(f"{field}: the embedder cannot encode it ({vector['error']})", 422)
-    return vector
+def vector_or_422(answer: dict, field: str) -> dict:
+    """An answer of :meth:`EmbedderDeployment.embed` (``{"vector", "tokens"}``), or its refusal
+    as a 422 naming the field."""
+    if "error" in answer:
+        raise InputError(f"{field}: the embedder cannot encode it ({answer['error']})", 422, param=field)
+    return answer
 
 
 def checked(ranking: dict) -> dict:
     """The reranker's answer, or its refusal (a prompt over the token budget) as a 413."""
     if "error" in ranking:
-        raise InputError(f"rerank prompt too long: {ranking['error']}", 413)
+        raise InputError(f"rerank prompt too long: {ranking['error']}", 413, code="prompt_too_long")
     return ranking
 
 
@@ -153,31 +197,64 @@ def observed(route: str):
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
+    """``names``: the served model names (``{"embedder", "reranker"}``), which ``/v1/models``
+    lists and requests' ``model`` must match."""
+
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
-                 image_root: str = "", storage_options: dict | None = None):
+                 image_root: str = "", storage_options: dict | None = None, names: dict | None = None):
         from unime.data.images import ImageCache, ImageLimits
 
         self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
         self.limits, self.api_key, self.rerank_mode = ServeLimits(**limits), api_key, rerank_mode
+        self.names = names or {"embedder": "unime", "reranker": "unime-reranker"}
         self.corpus_images = ImageCache(image_root, ImageLimits(), storage_options)
         self.indexed_images: set[str] | None = None
+        self.started = int(time.time())
+        self.embedder_facts: dict | None = None
 
     def _authorise(self, authorization: str | None, x_api_key: str | None) -> None:
         if self.api_key is None:
             return
         given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
         if given is None:
-            raise InputError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'", 401)
+            raise InputError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'", 401,
+                             code="missing_api_key")
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):  # constant time
-            raise InputError("invalid API key", 403)
+            raise InputError("invalid API key", 401, code="invalid_api_key")  # 401, as OpenAI and Cohere answer
+
+    def _model(self, role: str, requested: str | None) -> str:
+        """The served name of ``role``'s model; a request naming another model is a 404, as OpenAI answers."""
+        name = self.names[role]
+        if requested is not None and requested != name:
+            raise InputError(f"model {requested!r}: this server's {role} is {name!r} (GET /v1/models)", 404,
+                             param="model", code="model_not_found")
+        return name
 
     def _mode(self, mode: str | None) -> str:
         from unime.rerank import MODES
 
         mode = mode or self.rerank_mode
         if mode not in MODES:
-            raise InputError(f"rerank mode {mode!r}: expected one of {list(MODES)}")
+            raise InputError(f"rerank mode {mode!r}: expected one of {list(MODES)}", param="mode")
         return mode
+
+    async def _dimension(self) -> int:
+        if self.embedder_facts is None:
+            self.embedder_facts = await self.embedder.facts.remote()
+        return self.embedder_facts["embedding_dimension"]
+
+    async def _embed_all(self, items: list[tuple], fields: list[str]) -> list[dict]:
+        """Every item sent at once, so ``@serve.batch`` can batch a request's items together."""
+        answers = await asyncio.gather(*[self.embedder.embed.remote(item) for item in items])
+        return [vector_or_422(answer, field) for answer, field in zip(answers, fields)]
+
+    async def _ranked(self, query: Item, documents: list[Item], mode: str | None,
+                      field: str = "documents") -> tuple[dict, str]:
+        check_range(field, len(documents), 1, self.limits.max_rerank_k)
+        mode = self._mode(mode)
+        query_input = check_item(query, self.limits, "query")
+        inputs = [check_item(d, self.limits, f"{field}[{k}]") for k, d in enumerate(documents)]
+        return checked(await self.reranker.rank.remote(query_input, inputs, mode)), mode
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -186,6 +263,32 @@ class Ingress:
     @app.get("/", response_class=HTMLResponse)
     async def page(self) -> str:
         return SEARCH_PAGE
+
+    @app.get("/v1/models")
+    async def models(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        """OpenAI's model list: the deployed embedder and reranker by their served names."""
+        self._authorise(authorization, x_api_key)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.started,
+                                            "owned_by": "unime", "role": role} for role, name in self.names.items()]}
+
+    @app.get("/info")
+    async def info(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        """The deployed models' facts, as TEI's ``/info`` gives them, and the request limits."""
+        import ray
+        import torch
+        import transformers
+
+        import unime
+
+        self._authorise(authorization, x_api_key)
+        embedder = await self.embedder.facts.remote()
+        reranker = await self.reranker.facts.remote()
+        return {"model_name": self.names["embedder"], **embedder,
+                "model_type": {"embedding": {"pooling": "last_token"}}, "max_client_batch_size": self.limits.max_batch,
+                "reranker": {"model_name": self.names["reranker"], **reranker, "mode": self.rerank_mode},
+                "limits": asdict(self.limits), "version": unime.__version__,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "ray": ray.__version__}}
 
     @app.get("/images/{path:path}")
     async def corpus_image(self, path: str, authorization: str | None = Header(None),
@@ -205,15 +308,18 @@ class Ingress:
     @app.post("/v1/embeddings")
     async def embeddings(self, request: EmbeddingsRequest, authorization: str | None = Header(None),
                          x_api_key: str | None = Header(None)) -> dict:
+        """OpenAI's embeddings: float lists or base64 float32, ``usage`` in prompt tokens."""
         with observed("embeddings"):
             self._authorise(authorization, x_api_key)
-            check_range("input", len(request.input), 1, self.limits.max_batch)
-            items = [check_item(item, self.limits, f"input[{k}]", request.instruction)
-                     for k, item in enumerate(request.input)]
-            vectors = [vector_or_422(await self.embedder.embed.remote(item), f"input[{k}]") for k, item in enumerate(items)]
-        return {"object": "list", "model": request.model or "unime-embedder",
-                "data": [{"object": "embedding", "index": k, "embedding": v.tolist()} for k, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+            model = self._model("embedder", request.model)
+            inputs = request.items()
+            check_range("input", len(inputs), 1, self.limits.max_batch)
+            checked_dimensions(request.dimensions, await self._dimension())
+            fields = [f"input[{k}]" for k in range(len(inputs))]
+            items = [check_item(item, self.limits, field, request.instruction) for item, field in zip(inputs, fields)]
+            answers = await self._embed_all(items, fields)
+        return embeddings_body([a["vector"] for a in answers], [a["tokens"] for a in answers], model,
+                               request.encoding_format)
 
     @app.post("/v1/search")
     async def search(self, request: SearchRequest, authorization: str | None = Header(None),
@@ -224,7 +330,7 @@ class Ingress:
             check_range("rerank_k", request.rerank_k, 1, self.limits.max_rerank_k)
             mode = self._mode(request.rerank_mode)
             query = check_item(request.query, self.limits, "query", request.instruction)
-            vector = vector_or_422(await self.embedder.embed.remote(query), "query")
+            vector = (await self._embed_all([query], ["query"]))[0]["vector"]
             embedded = time.perf_counter()
             wanted, rerank_error = max(request.top_k, request.rerank_k if request.rerank else 0), None
             hits = await self.retriever.search.remote(vector, wanted)
@@ -250,19 +356,59 @@ class Ingress:
     @app.post("/v1/rerank")
     async def rerank(self, request: RerankRequest, authorization: str | None = Header(None),
                      x_api_key: str | None = Header(None)) -> dict:
+        """Cohere's (v1) and Jina's rerank: ``results`` of ``{index, relevance_score, document?}``."""
+        return await self._cohere_rerank(request, authorization, x_api_key, "1")
+
+    @app.post("/v2/rerank")
+    async def rerank_v2(self, request: RerankRequest, authorization: str | None = Header(None),
+                        x_api_key: str | None = Header(None)) -> dict:
+        """Cohere's v2 rerank (its SDK's ``ClientV2.rerank``)."""
+        return await self._cohere_rerank(request, authorization, x_api_key, "2")
+
+    async def _cohere_rerank(self, request: RerankRequest, authorization, x_api_key, version: str) -> dict:
         with observed("rerank"):
             self._authorise(authorization, x_api_key)
-            check_range("candidates", len(request.candidates), 1, self.limits.max_rerank_k)
-            mode = self._mode(request.mode)
-            query = check_item(request.query, self.limits, "query")
-            candidates = [check_item(c, self.limits, f"candidates[{k}]") for k, c in enumerate(request.candidates)]
-            ranking = checked(await self.reranker.rank.remote(query, candidates, mode))
-        return {"mode": mode, "order": ranking["order"], "scores": ranking["scores"], "parsed": ranking["parsed"]}
+            model = self._model("reranker", request.model)
+            if request.max_tokens_per_doc is not None:
+                raise InputError("max_tokens_per_doc: documents are never cut; a prompt over the reranker's token "
+                                 "budget is refused with a 413", param="max_tokens_per_doc")
+            if request.top_n is not None and request.top_n < 1:  # above the documents' count: all of them
+                raise InputError(f"top_n: {request.top_n} is not positive", param="top_n")
+            documents = request.document_items()
+            ranking, mode = await self._ranked(request.query_item(), documents, request.mode)
+        echoed = [d.model_dump(exclude_none=True) for d in documents] if request.return_documents else None
+        return {"id": str(uuid.uuid4()), "model": model,
+                "results": rerank_results(ranking["order"], ranking["scores"], echoed, request.top_n),
+                "meta": {"api_version": {"version": version}}, "mode": mode, "parsed": ranking["parsed"]}
+
+    @app.post("/rerank")
+    async def rerank_tei(self, request: TeiRerankRequest, authorization: str | None = Header(None),
+                         x_api_key: str | None = Header(None)) -> list[dict]:
+        """TEI's rerank: ``[{index, score, text?}]`` best first, scored in the configured mode."""
+        with observed("rerank"):
+            self._authorise(authorization, x_api_key)
+            if request.raw_scores:
+                raise InputError("raw_scores: not supported; scores are probabilities in [0, 1]", param="raw_scores")
+            if request.truncate:
+                raise InputError("truncate: texts are never cut; a prompt over the reranker's token budget is "
+                                 "refused with a 413", param="truncate")
+            ranking, _ = await self._ranked(Item(text=request.query), [Item(text=t) for t in request.texts], None,
+                                            "texts")
+        return tei_results(ranking["order"], ranking["scores"], request.texts if request.return_text else None)
+
+
+def embedder_inputs(config, index_dir: str) -> dict:
+    """How the served embedder reads queries: exactly as the index's items were embedded (its
+    manifest's recipe, resolution and pixel bounds; the config's for an index built before
+    manifests recorded them)."""
+    from unime.data.storage import join, read_json
+
+    recorded = read_json(join(index_dir, "manifest.json"), config.data.storage_options) or {}
+    return config.embedder_inputs() | (recorded.get("inputs") or {})
 
 
 def build_app(config):
     """The composed application for a :class:`unime.config.PipelineConfig`."""
-    from unime.data.storage import join, read_json
     from unime.pipeline import build_index, manifest, train_embedder, train_reranker
 
     run_dir, options, serve_config, models = config.run_dir, config.data.storage_options, config.serve, config.models
@@ -274,9 +420,7 @@ def build_app(config):
     model = {"num_cpus": serve_config.replica_cpus} | (
         {"num_gpus": serve_config.model_gpus} if serve_config.model_gpus else {}) | (
         {"resources": dict(serve_config.model_resources)} if serve_config.model_resources else {})
-    # queries are embedded exactly as the index's items were: its manifest's recipe, resolution
-    # and pixel bounds (the config's for an index built before manifests recorded them)
-    inputs = config.embedder_inputs() | ((read_json(join(index_dir, "manifest.json"), options) or {}).get("inputs") or {})
+    inputs = embedder_inputs(config, index_dir)
     if serve_config.host in ("0.0.0.0", "::") and not serve_config.api_key:
         logging.getLogger("unime.serving").warning(
             "serving on %s without serve.api_key: anyone who reaches the port can search and embed", serve_config.host)
@@ -289,4 +433,4 @@ def build_app(config):
                                                                  config.reranker_inputs(), serve_config.rerank_backend,
                                                                  asdict(config.eval.rerank_engine), options),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
-        config.data.image_root, options)
+        config.data.image_root, options, {"embedder": serve_config.model_name, "reranker": serve_config.reranker_name})

@@ -48,7 +48,7 @@ document.getElementById('form').addEventListener('submit', async e => {
   const payload = await response.json();
   const results = document.getElementById('results');
   results.innerHTML = '';
-  if (!response.ok) { document.getElementById('status').textContent = payload.error || JSON.stringify(payload); return; }
+  if (!response.ok) { document.getElementById('status').textContent = (payload.error && payload.error.message) || JSON.stringify(payload); return; }
   document.getElementById('status').textContent = payload.results.length + ' results in ' +
     payload.timings_ms.total.toFixed(0) + ' ms';
   for (const hit of payload.results) {
