@@ -42,7 +42,10 @@ def served(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("serve")
     config = mining_config(demo_dir, tiny_dir, run_dir, f"models.reranker={tiny_dir}/reranker", "serve.api_key=secret",
                            "serve.replica_cpus=0.1", "serve.limits.max_image_bytes=20000", "serve.limits.max_top_k=20",
-                           "serve.rerank_mode=pairwise", "eval.rerank_max_model_len=700")
+                           "serve.rerank_mode=pairwise", "eval.rerank_max_model_len=700",
+                           # small queues, so the overload test sees them shed
+                           "serve.max_ongoing_requests=8", "serve.max_queued_requests=8",
+                           "serve.limits.max_body_bytes=1100000")
     ingest.run(config.data, config.run_dir)
     build_index.run(config)
     port = free_port()
@@ -309,3 +312,39 @@ def test_info_and_models_describe_the_deployment(base_url, tiny_dir):
     for route in ("/v1/embeddings", "/v1/rerank", "/v2/rerank", "/rerank", "/v1/search", "/v1/models", "/info"):
         assert route in schema["paths"], route
     assert schema["components"]["schemas"]["EmbeddingsRequest"]["examples"]
+
+
+def test_a_body_over_max_body_bytes_is_a_413_before_it_is_parsed(base_url):
+    junk = {"query": {"text": "red"}, "padding": "x" * 1_200_000}
+    response = post(base_url, "/v1/search", junk)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"query": {"text": "red"}, "padding": "'
+        for _ in range(12):
+            yield b"x" * 100_000
+        yield b'"}'
+
+    response = requests.post(base_url + "/v1/search", data=chunked(), timeout=60,
+                             headers=KEY | {"Content-Type": "application/json"})
+    assert response.status_code == 413 and "max_body_bytes=1100000" in response.text
+    assert post(base_url, "/v1/search", {"query": {"text": "red"}, "rerank": False}).status_code == 200
+
+
+def test_overload_is_shed_with_503_and_retry_after_and_the_app_recovers(base_url):
+    """400 searches from 64 threads against queues of 8 + 8: each answered 200 or 503 with
+    Retry-After, none waits without bound; right after, the app serves normally."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def search(k: int) -> tuple[int, str | None]:
+        response = post(base_url, "/v1/search", {"query": {"text": f"red circles {k}"}, "rerank": False})
+        return response.status_code, response.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(search, range(400)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(200) > 0 and statuses.count(503) > 0, statuses.count(200)
+    assert all(retry is not None and int(retry) >= 1 for status, retry in answers if status == 503)
+    assert requests.get(base_url + "/healthz", timeout=10).status_code == 200
+    assert post(base_url, "/v1/search", {"query": {"text": "a red circle"}, "rerank": False}).status_code == 200

@@ -237,6 +237,8 @@ class ServeLimits:
     # with a vLLM reranker: at most its engine's images per prompt minus the query's (checked)
     max_rerank_k: int = 20
     max_batch: int = 32
+    # a request body larger than this is refused (413) before it is parsed
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -258,6 +260,13 @@ class ServeConfig:
     port: int = 8000
     batch_size: int = 16
     batch_wait_s: float = 0.01
+    # Bounded queues: past them a request is answered 503 with Retry-After instead of waiting
+    # without bound. max_ongoing_requests: per ingress and retriever replica (an embedder
+    # replica takes 2 x batch_size, so a full batch can form while one runs; a reranker 2);
+    # max_queued_requests: per caller of each deployment (the proxy, the ingress's handles).
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
+    retry_after_s: float = 1.0
     replica_cpus: float = 1.0
     # custom resources of the ingress and retriever replicas, e.g. {cpu_node: 0.01} to keep them
     # off the GPU nodes (their CPUs belong to the model replicas)

@@ -25,9 +25,10 @@ class InputError(ValueError):
     """Bad request content; the message goes back to the client with a 4xx. ``param``: the
     request field at fault (OpenAI's error ``param``), ``code``: a machine-readable reason."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+        self.status, self.param, self.code, self.retry_after_s = status, param, code, retry_after_s
 
 
 class Item(BaseModel):

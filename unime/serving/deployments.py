@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import hmac
 import io
+import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict
@@ -53,9 +55,56 @@ app = FastAPI(title="unime", description="UniME-V2 retrieve-then-rerank, with Op
               "routes", version="0.1.0")
 
 
+class BodyLimit:
+    """ASGI middleware: a body over ``app.state.max_body_bytes`` is a 413 before anything parses
+    it, by its Content-Length or, when chunked, as it arrives (the body is read once, then
+    replayed to the app)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        limit = getattr(scope.get("app") and scope["app"].state, "max_body_bytes", None) if scope["type"] == "http" else None
+        if limit is None:
+            return await self.inner(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await too_large(send, limit)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > limit:
+                return await too_large(send, limit)
+        replayed = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal replayed
+            message, replayed = replayed, None
+            return message if message is not None else await receive()
+
+        return await self.inner(scope, replay, send)
+
+
+async def too_large(send, limit: int) -> None:
+    body = json.dumps(error_body(413, f"request body larger than max_body_bytes={limit}", None,
+                                 "payload_too_large")).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+app.add_middleware(BodyLimit)
+
+
 @app.exception_handler(InputError)
 async def _input_error(_: Request, exc: InputError):
-    return JSONResponse(status_code=exc.status, content=error_body(exc.status, str(exc), exc.param, exc.code))
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s is not None else None
+    return JSONResponse(status_code=exc.status, content=error_body(exc.status, str(exc), exc.param, exc.code),
+                        headers=headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -84,8 +133,10 @@ class EmbedderDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def embed(self, items: list) -> list[dict]:
+        """The forward runs in a thread: the replica's event loop keeps gathering the next
+        batch and answering health checks meanwhile."""
         self.batch_sizes.append(len(items))
-        return self.encode_batch(items)
+        return await asyncio.to_thread(self.encode_batch, items)
 
     def encode_batch(self, items: list[tuple]) -> list[dict]:
         """``{"vector", "tokens"}`` per ``(text, image)``; when the batch fails, each item alone,
@@ -151,11 +202,17 @@ class RerankerDeployment:
         self.reranker = Reranker(model, backend=backend, dtype=dtype, device=device, storage_options=storage_options,
                                  engine=engine, **(inputs or {}))
         self.model, self.backend = model, backend
+        self.one_at_a_time = asyncio.Lock()  # a vLLM engine takes one caller at a time
 
     def facts(self) -> dict:
         return {"model_id": self.model, "backend": self.backend}
 
-    def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
+    async def rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
+        """Off the event loop, so health checks are answered while a prompt runs."""
+        async with self.one_at_a_time:
+            return await asyncio.to_thread(self._rank, query, candidates, mode)
+
+    def _rank(self, query: tuple, candidates: list[tuple], mode: str) -> dict:
         ranking, error = self.reranker.rank_or_refusal(query, candidates, mode)
         if ranking is None:  # the request's fault: a 413 at the ingress, not a 500
             return {"error": error}
@@ -201,7 +258,8 @@ class Ingress:
     lists and requests' ``model`` must match."""
 
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
-                 image_root: str = "", storage_options: dict | None = None, names: dict | None = None):
+                 image_root: str = "", storage_options: dict | None = None, names: dict | None = None,
+                 retry_after_s: float = 1.0):
         from unime.data.images import ImageCache, ImageLimits
 
         self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
@@ -211,6 +269,19 @@ class Ingress:
         self.indexed_images: set[str] | None = None
         self.started = int(time.time())
         self.embedder_facts: dict | None = None
+        self.retry_after_s = retry_after_s
+        app.state.max_body_bytes = self.limits.max_body_bytes  # read by BodyLimit
+
+    async def _call(self, response):
+        """A model deployment's answer; its queue full (``max_queued_requests``) is a 503 with
+        Retry-After, as the proxy answers when the ingress's own queue is full."""
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await response
+        except BackPressureError as exc:
+            raise InputError(f"overloaded, retry later ({exc})", 503, code="overloaded",
+                             retry_after_s=self.retry_after_s) from exc
 
     def _authorise(self, authorization: str | None, x_api_key: str | None) -> None:
         if self.api_key is None:
@@ -240,12 +311,12 @@ class Ingress:
 
     async def _dimension(self) -> int:
         if self.embedder_facts is None:
-            self.embedder_facts = await self.embedder.facts.remote()
+            self.embedder_facts = await self._call(self.embedder.facts.remote())
         return self.embedder_facts["embedding_dimension"]
 
     async def _embed_all(self, items: list[tuple], fields: list[str]) -> list[dict]:
         """Every item sent at once, so ``@serve.batch`` can batch a request's items together."""
-        answers = await asyncio.gather(*[self.embedder.embed.remote(item) for item in items])
+        answers = await asyncio.gather(*[self._call(self.embedder.embed.remote(item)) for item in items])
         return [vector_or_422(answer, field) for answer, field in zip(answers, fields)]
 
     async def _ranked(self, query: Item, documents: list[Item], mode: str | None,
@@ -254,7 +325,7 @@ class Ingress:
         mode = self._mode(mode)
         query_input = check_item(query, self.limits, "query")
         inputs = [check_item(d, self.limits, f"{field}[{k}]") for k, d in enumerate(documents)]
-        return checked(await self.reranker.rank.remote(query_input, inputs, mode)), mode
+        return checked(await self._call(self.reranker.rank.remote(query_input, inputs, mode))), mode
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -281,8 +352,8 @@ class Ingress:
         import unime
 
         self._authorise(authorization, x_api_key)
-        embedder = await self.embedder.facts.remote()
-        reranker = await self.reranker.facts.remote()
+        embedder = await self._call(self.embedder.facts.remote())
+        reranker = await self._call(self.reranker.facts.remote())
         return {"model_name": self.names["embedder"], **embedder,
                 "model_type": {"embedding": {"pooling": "last_token"}}, "max_client_batch_size": self.limits.max_batch,
                 "reranker": {"model_name": self.names["reranker"], **reranker, "mode": self.rerank_mode},
@@ -298,7 +369,7 @@ class Ingress:
         without the key cannot probe which images are indexed)."""
         self._authorise(authorization, x_api_key)
         if self.indexed_images is None:
-            self.indexed_images = set(await self.retriever.image_paths.remote())
+            self.indexed_images = set(await self._call(self.retriever.image_paths.remote()))
         if path not in self.indexed_images:
             raise InputError(f"no indexed image {path!r}", 404)
         buffer = io.BytesIO()
@@ -333,14 +404,14 @@ class Ingress:
             vector = (await self._embed_all([query], ["query"]))[0]["vector"]
             embedded = time.perf_counter()
             wanted, rerank_error = max(request.top_k, request.rerank_k if request.rerank else 0), None
-            hits = await self.retriever.search.remote(vector, wanted)
+            hits = await self._call(self.retriever.search.remote(vector, wanted))
             retrieved = time.perf_counter()
             for rank, hit in enumerate(hits):
                 hit["retrieval_rank"], hit["rerank_score"] = rank, None
             if request.rerank and hits:
                 head = hits[: request.rerank_k]
                 candidates = [(h["text"], self.corpus_images.get(h["image"])) for h in head]
-                ranking = await self.reranker.rank.remote((query[0], query[1]), candidates, mode)
+                ranking = await self._call(self.reranker.rank.remote((query[0], query[1]), candidates, mode))
                 if "error" in ranking:  # the corpus's own items overflow the budget: retrieval order
                     rerank_error = ranking["error"]
                 else:
@@ -424,13 +495,19 @@ def build_app(config):
     if serve_config.host in ("0.0.0.0", "::") and not serve_config.api_key:
         logging.getLogger("unime.serving").warning(
             "serving on %s without serve.api_key: anyone who reaches the port can search and embed", serve_config.host)
-    return Ingress.options(ray_actor_options=light).bind(
-        EmbedderDeployment.options(ray_actor_options=model).bind(
+    queues = {"max_queued_requests": serve_config.max_queued_requests,
+              "backpressure_config": {"status_code": 503, "retry_after_s": serve_config.retry_after_s}}
+    return Ingress.options(ray_actor_options=light, max_ongoing_requests=serve_config.max_ongoing_requests,
+                           **queues).bind(
+        EmbedderDeployment.options(ray_actor_options=model, max_ongoing_requests=2 * serve_config.batch_size,
+                                   **queues).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs,
             options),
-        RetrieverDeployment.options(ray_actor_options=light).bind(index_dir, embedder, options, inputs),
-        RerankerDeployment.options(ray_actor_options=model).bind(reranker, models.dtype, models.device,
-                                                                 config.reranker_inputs(), serve_config.rerank_backend,
-                                                                 asdict(config.eval.rerank_engine), options),
+        RetrieverDeployment.options(ray_actor_options=light, max_ongoing_requests=serve_config.max_ongoing_requests,
+                                    **queues).bind(index_dir, embedder, options, inputs),
+        RerankerDeployment.options(ray_actor_options=model, max_ongoing_requests=2, **queues).bind(
+            reranker, models.dtype, models.device, config.reranker_inputs(), serve_config.rerank_backend,
+            asdict(config.eval.rerank_engine), options),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
-        config.data.image_root, options, {"embedder": serve_config.model_name, "reranker": serve_config.reranker_name})
+        config.data.image_root, options, {"embedder": serve_config.model_name, "reranker": serve_config.reranker_name},
+        serve_config.retry_after_s)
