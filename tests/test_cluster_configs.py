@@ -292,8 +292,22 @@ def test_rayservice_serve_config_validates_and_mirrors_serve_config():
     assert app["runtime_env"]["working_dir"].endswith(".zip")  # pods can't see a local checkout
     assert [d["name"] for d in app["deployments"]] == [d["name"] for d in repo_app["deployments"]]
     for deployment, repo_deployment in zip(app["deployments"], repo_app["deployments"]):
-        assert deployment["autoscaling_config"] == repo_deployment["autoscaling_config"], deployment["name"]
-        assert deployment["ray_actor_options"] == repo_deployment["ray_actor_options"], deployment["name"]
+        for key in ("autoscaling_config", "ray_actor_options", "max_ongoing_requests"):
+            assert deployment[key] == repo_deployment[key], (deployment["name"], key)
+
+
+def test_serve_deployments_can_reach_their_autoscaling_targets():
+    """A replica never holds more than max_ongoing_requests, so a target above it never
+    triggers a scale-up; the embedder's must also let a full batch form (2 x serve.batch_size)."""
+    from unime.config import load_config
+
+    batch = load_config(ROOT / "configs" / "qwen2vl_2b.yaml").serve.batch_size
+    for config in (serve_config_v2(), yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())):
+        for deployment in config["applications"][0]["deployments"]:
+            target = deployment["autoscaling_config"]["target_ongoing_requests"]
+            assert target <= deployment["max_ongoing_requests"], deployment["name"]
+            if deployment["name"] == "EmbedderDeployment":
+                assert deployment["max_ongoing_requests"] >= 2 * batch
 
 
 def test_rayservice_replicas_fit_its_cluster():
