@@ -76,3 +76,38 @@ def test_one_input_the_embedder_refuses_fails_alone_and_its_batch_mates_get_thei
         vector_or_422(results[1], "input[1]")
     assert e.value.status == 422
     assert deployment.encode_batch([("poison", None)]) == [{"error": "TypeError: the tokenizer refuses it"}]
+
+
+def test_a_model_call_past_request_timeout_s_is_a_504_and_is_cancelled():
+    import asyncio
+
+    class SlowResponse:  # what a DeploymentHandle call returns: awaitable, cancellable
+        cancelled = False
+
+        def __await__(self):
+            return asyncio.sleep(5).__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    from unime.serving.deployments import answer_of
+
+    slow = SlowResponse()
+    with pytest.raises(InputError, match="no answer within request_timeout_s=0.05") as error:
+        asyncio.run(answer_of(slow, timeout_s=0.05, retry_after_s=1))
+    assert error.value.status == 504 and slow.cancelled
+
+
+def test_a_full_deployment_queue_is_a_503_with_retry_after():
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError
+
+    from unime.serving.deployments import answer_of
+
+    async def rejected():
+        raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
+
+    with pytest.raises(InputError, match="overloaded, retry later") as error:
+        asyncio.run(answer_of(rejected(), timeout_s=5, retry_after_s=2.5))
+    assert (error.value.status, error.value.retry_after_s) == (503, 2.5)

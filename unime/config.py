@@ -267,6 +267,8 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
     retry_after_s: float = 1.0
+    # a model call slower than this is answered 504 and cancelled
+    request_timeout_s: float = 60.0
     replica_cpus: float = 1.0
     # custom resources of the ingress and retriever replicas, e.g. {cpu_node: 0.01} to keep them
     # off the GPU nodes (their CPUs belong to the model replicas)

@@ -220,6 +220,26 @@ class RerankerDeployment:
                 "parsed": ranking.parsed}
 
 
+async def answer_of(response, timeout_s: float, retry_after_s: float):
+    """A model deployment's answer (a handle call's response). Its queue full
+    (``max_queued_requests``) is a 503 with Retry-After, as the proxy answers when the ingress's
+    own queue is full; no answer within ``timeout_s`` a 504, and the call is cancelled."""
+    from ray.serve.exceptions import BackPressureError
+
+    async def answer():
+        return await response
+
+    try:
+        return await asyncio.wait_for(answer(), timeout_s)
+    except BackPressureError as exc:
+        raise InputError(f"overloaded, retry later ({exc})", 503, code="overloaded",
+                         retry_after_s=retry_after_s) from exc
+    except asyncio.TimeoutError as exc:
+        if hasattr(response, "cancel"):
+            response.cancel()
+        raise InputError(f"no answer within request_timeout_s={timeout_s:g}", 504, code="timeout") from exc
+
+
 def refusal(exc: Exception) -> dict:
     """The embedder's answer for an input it cannot encode."""
     logging.getLogger("unime.serving").warning("embedder refused an input: %s: %s", type(exc).__name__, exc)
@@ -259,7 +279,7 @@ class Ingress:
 
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
                  image_root: str = "", storage_options: dict | None = None, names: dict | None = None,
-                 retry_after_s: float = 1.0):
+                 retry_after_s: float = 1.0, request_timeout_s: float = 60.0):
         from unime.data.images import ImageCache, ImageLimits
 
         self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
@@ -269,19 +289,11 @@ class Ingress:
         self.indexed_images: set[str] | None = None
         self.started = int(time.time())
         self.embedder_facts: dict | None = None
-        self.retry_after_s = retry_after_s
+        self.retry_after_s, self.request_timeout_s = retry_after_s, request_timeout_s
         app.state.max_body_bytes = self.limits.max_body_bytes  # read by BodyLimit
 
     async def _call(self, response):
-        """A model deployment's answer; its queue full (``max_queued_requests``) is a 503 with
-        Retry-After, as the proxy answers when the ingress's own queue is full."""
-        from ray.serve.exceptions import BackPressureError
-
-        try:
-            return await response
-        except BackPressureError as exc:
-            raise InputError(f"overloaded, retry later ({exc})", 503, code="overloaded",
-                             retry_after_s=self.retry_after_s) from exc
+        return await answer_of(response, self.request_timeout_s, self.retry_after_s)
 
     def _authorise(self, authorization: str | None, x_api_key: str | None) -> None:
         if self.api_key is None:
@@ -510,4 +522,4 @@ def build_app(config):
             asdict(config.eval.rerank_engine), options),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
         config.data.image_root, options, {"embedder": serve_config.model_name, "reranker": serve_config.reranker_name},
-        serve_config.retry_after_s)
+        serve_config.retry_after_s, serve_config.request_timeout_s)

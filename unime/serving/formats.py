@@ -10,7 +10,7 @@ import numpy as np
 
 from unime.serving.api import InputError
 
-ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 504: "timeout",
                429: "rate_limit_error", 503: "service_unavailable"}
 
 
