@@ -140,3 +140,43 @@ def test_global_eval_rows_are_validated(root):
     result = read_many(str(root / "global.jsonl"), "global", image_root=str(root))
     assert [r["caption"] for r in result.rows] == ["a red circle"]
     assert [(q["row_index"], q["field"]) for q in result.quarantine] == [(1, "caption"), (2, "image"), (3, "image")]
+
+
+def test_images_outside_the_image_root_are_quarantined_and_never_read(tmp_path):
+    """``..``, absolute paths, symlinks out of the root and URLs are refused before any read:
+    the reason says why, not whether a file is there."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (root / "ok.png").write_bytes(png())
+    (root / "sub").mkdir()
+    (outside / "secret.png").write_bytes(png())
+    (root / "escape.png").symlink_to(outside / "secret.png")
+    (root / "linked").symlink_to(outside)
+    cases = [("../outside/secret.png", "leaves the image root"), ("sub/../../outside/secret.png", "leaves the image root"),
+             (str(outside / "secret.png"), "is absolute or a URL"), ("/etc/hostname", "is absolute or a URL"),
+             ("escape.png", "leaves the image root"), ("linked/secret.png", "leaves the image root"),
+             ("file:///etc/hostname", "is absolute or a URL"), ("https://example.com/cat.png", "is absolute or a URL"),
+             ("s3://bucket/cat.png", "is absolute or a URL"), ("ok.png\x00.txt", "NUL byte")]
+    lines = [json.dumps(GOOD | {"query_image": image}) for image, _ in cases]
+    lines.append(json.dumps(GOOD | {"query_image": "sub/../ok.png"}))  # stays inside: fine
+    (tmp_path / "set.jsonl").write_text("\n".join(lines) + "\n")
+    table, result = read_pairs(str(tmp_path / "set.jsonl"), image_root=str(root))
+    assert table.num_rows == 1 and result.input_rows == len(cases) + 1
+    by_row = {q["row_index"]: q for q in result.quarantine}
+    for row, (image, reason) in enumerate(cases):
+        assert by_row[row]["field"] == "query_image" and reason in by_row[row]["reason"], (image, by_row[row])
+    # a config that allows absolute paths reads them as written
+    allowed = ImageLimits(allow_absolute_paths=True)
+    (tmp_path / "abs.jsonl").write_text(json.dumps(GOOD | {"query_image": str(outside / "secret.png")}) + "\n")
+    table, _ = read_pairs(str(tmp_path / "abs.jsonl"), image_root=str(root), limits=allowed)
+    assert table.num_rows == 1
+
+
+def test_an_object_store_root_is_guarded_by_its_normalised_path():
+    from unime.data import ImageError, resolve_image
+
+    assert resolve_image("a/b.png", "s3://bucket/corpus") == "s3://bucket/corpus/a/b.png"
+    assert resolve_image("a/../b.png", "s3://bucket/corpus").endswith("a/../b.png")
+    for escaping in ("../other/b.png", "a/../../corpus-evil/b.png"):
+        with pytest.raises(ImageError, match="leaves the image root"):
+            resolve_image(escaping, "s3://bucket/corpus")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import posixpath
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,13 +27,46 @@ class ImageLimits:
     max_pixels: int = 64_000_000
     min_side: int = 1
     full_decode: bool = True
+    # absolute paths and URLs (s3://...) in rows; off, every image must lie under the image root
+    allow_absolute_paths: bool = False
 
 
-def resolve_image(image: str, image_root: str) -> str:
-    """Absolute paths and URLs pass through; relative paths hang off ``image_root``."""
-    if is_remote(image) or image.startswith("/") or not image_root:
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def resolve_image(image: str, image_root: str, allow_absolute: bool = False) -> str:
+    """Where a row's image lives: a relative path hangs off ``image_root`` (the working
+    directory when empty) and must stay under it, after ``..`` and, locally, after symlinks.
+    Absolute paths and URLs are refused (:class:`ImageError`) unless ``allow_absolute``; an
+    allowed one passes through as written."""
+    if "\x00" in image:
+        raise ImageError(f"image path holds a NUL byte: {image!r}")
+    absolute = image.startswith(("/", "\\")) or bool(_SCHEME.match(image))
+    if absolute:
+        if not allow_absolute:
+            raise ImageError(f"image path {image!r} is absolute or a URL; images must lie under the image root "
+                             "(data.limits.allow_absolute_paths: true reads such paths)")
         return image
-    return join(image_root, image)
+    root = image_root or os.getcwd()
+    resolved = join(root, image)
+    if not inside(resolved, root):
+        raise ImageError(f"image path {image!r} leaves the image root {root}")
+    return resolved
+
+
+def inside(path: str, root: str) -> bool:
+    """``path`` under ``root``, ``..`` collapsed; for local paths symlinks resolved too."""
+    if is_remote(root):
+        rest = root.partition("://")[2]
+        inner = path.partition("://")[2]
+        return _under(posixpath.normpath("/" + inner), posixpath.normpath("/" + rest))
+    if not _under(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))):
+        return False
+    return _under(os.path.realpath(path), os.path.realpath(root))
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _open(data: bytes, uri: str, limits: ImageLimits):
@@ -105,8 +141,12 @@ class ImageChecker:
         if not image:
             return None
         if image not in self._reasons:
-            uri = resolve_image(image, self.image_root)
-            self._reasons[image] = check_image(uri, self.limits, self.storage_options)
+            try:
+                uri = resolve_image(image, self.image_root, self.limits.allow_absolute_paths)
+            except ImageError as exc:
+                self._reasons[image] = str(exc)
+            else:
+                self._reasons[image] = check_image(uri, self.limits, self.storage_options)
         return self._reasons[image]
 
 
@@ -145,7 +185,8 @@ class ImageCache:
             if image in self._images:
                 self._images.move_to_end(image)
                 return self._images[image]
-        loaded = load_image(resolve_image(image, self.image_root), self.limits, self.storage_options, keep_mode=True)
+        uri = resolve_image(image, self.image_root, self.limits.allow_absolute_paths)
+        loaded = load_image(uri, self.limits, self.storage_options, keep_mode=True)
         loaded = self.prepare(loaded) if self.prepare else loaded
         self._keep(image, loaded)
         return loaded

@@ -109,7 +109,8 @@ def _thumbnail(image: str, config: PipelineConfig) -> bytes | None:
     if not image:
         return None
     try:
-        return thumbnail_png(load_image(resolve_image(image, config.data.image_root), ImageLimits(),
+        uri = resolve_image(image, config.data.image_root, config.data.limits.allow_absolute_paths)
+        return thumbnail_png(load_image(uri, ImageLimits(),
                                         config.data.storage_options))
     except ImageError:
         return None  # the report shows the text; the mining stages already quarantined bad images
