@@ -180,3 +180,12 @@ def test_an_object_store_root_is_guarded_by_its_normalised_path():
     for escaping in ("../other/b.png", "a/../../corpus-evil/b.png"):
         with pytest.raises(ImageError, match="leaves the image root"):
             resolve_image(escaping, "s3://bucket/corpus")
+
+
+def test_a_jsonl_rows_index_is_its_line_number_minus_one_blank_lines_included(root):
+    lines = [json.dumps(GOOD), "", "   ", json.dumps(GOOD | {"query_image": "missing.png"}), "",
+             '{"cut off']
+    (root / "gaps.jsonl").write_text("\r\n".join(lines) + "\n")
+    table, result = read_pairs(str(root / "gaps.jsonl"), image_root=str(root))
+    assert table.num_rows == 1 and result.input_rows == 3
+    assert [(q["row_index"], q["field"]) for q in result.quarantine] == [(3, "query_image"), (5, "<row>")]

@@ -88,9 +88,11 @@ def iter_raw_rows(path: str, storage_options: dict[str, Any] | None = None) -> I
 
 
 def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any]]:
-    lines = [line for line in data.split(b"\n") if line.strip()]
+    """(row index, value) per non-blank line; the row index is the line's own (0-based: its
+    line number minus one), so a quarantined row points at its line even after blank lines."""
+    lines = [(index, line) for index, line in enumerate(data.split(b"\n")) if line.strip()]
     parsed = []
-    for index, line in enumerate(lines):
+    for index, line in lines:
         try:
             parsed.append((index, json.loads(_decode(line))))
         except json.JSONDecodeError as exc:
