@@ -262,7 +262,7 @@ class ServeConfig:
     batch_wait_s: float = 0.01
     # Bounded queues: past them a request is answered 503 with Retry-After instead of waiting
     # without bound. max_ongoing_requests: per ingress and retriever replica (an embedder
-    # replica takes 2 x batch_size, so a full batch can form while one runs; a reranker 2);
+    # replica takes 2 x batch_size, at least 8, so a full batch can form while one runs; a reranker 2);
     # max_queued_requests: per caller of each deployment (the proxy, the ingress's handles).
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64

@@ -511,7 +511,7 @@ def build_app(config):
               "backpressure_config": {"status_code": 503, "retry_after_s": serve_config.retry_after_s}}
     return Ingress.options(ray_actor_options=light, max_ongoing_requests=serve_config.max_ongoing_requests,
                            **queues).bind(
-        EmbedderDeployment.options(ray_actor_options=model, max_ongoing_requests=2 * serve_config.batch_size,
+        EmbedderDeployment.options(ray_actor_options=model, max_ongoing_requests=max(2 * serve_config.batch_size, 8),
                                    **queues).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs,
             options),
