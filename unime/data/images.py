@@ -55,13 +55,11 @@ def resolve_image(image: str, image_root: str, allow_absolute: bool = False) -> 
 
 
 def inside(path: str, root: str) -> bool:
-    """``path`` under ``root``, ``..`` collapsed; for local paths symlinks resolved too."""
+    """``path`` under ``root``, ``..`` collapsed; for local paths after resolving symlinks."""
     if is_remote(root):
         rest = root.partition("://")[2]
         inner = path.partition("://")[2]
         return _under(posixpath.normpath("/" + inner), posixpath.normpath("/" + rest))
-    if not _under(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))):
-        return False
     return _under(os.path.realpath(path), os.path.realpath(root))
 
 

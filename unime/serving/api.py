@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import inspect
 import io
 import re
 from typing import Literal
@@ -115,16 +117,27 @@ class TeiRerankRequest(BaseModel):
     truncate: bool | None = Field(default=None, description="not supported: over-budget prompts are refused (413)")
 
 
+def blames_field(function):
+    """An :class:`InputError` that ``function`` raises names its ``field`` argument as the
+    error's ``param``, unless it names one already."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InputError as exc:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            exc.param = exc.param or bound.arguments["field"]
+            raise
+
+    return checked
+
+
+@blames_field
 def decode_image(value: str, limits: ServeLimits, field: str = "image"):
     """base64 / data URL -> RGB PIL image, or :class:`InputError` naming the problem."""
-    try:
-        return _decode_image(value, limits, field)
-    except InputError as exc:
-        exc.param = exc.param or field
-        raise
-
-
-def _decode_image(value: str, limits: ServeLimits, field: str):
     from PIL import Image
 
     if value.startswith(("http://", "https://", "file:", "/", "s3://", "gs://")):
@@ -151,17 +164,10 @@ def _decode_image(value: str, limits: ServeLimits, field: str):
         raise InputError(f"{field}: cannot decode image ({type(exc).__name__})") from exc
 
 
+@blames_field
 def check_item(item: Item, limits: ServeLimits, field: str, instruction: str | None = None) -> tuple[str, object]:
     """(text, PIL image or None) for an item, or :class:`InputError`. ``max_text_chars``
     bounds the text the model reads: the instruction, when given, counts."""
-    try:
-        return _check_item(item, limits, field, instruction)
-    except InputError as exc:
-        exc.param = exc.param or field
-        raise
-
-
-def _check_item(item: Item, limits: ServeLimits, field: str, instruction: str | None) -> tuple[str, object]:
     text = item.text or ""
     if len(text) > limits.max_text_chars:
         raise InputError(f"{field}.text: longer than max_text_chars={limits.max_text_chars}", 413)

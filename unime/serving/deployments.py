@@ -235,8 +235,7 @@ async def answer_of(response, timeout_s: float, retry_after_s: float):
         raise InputError(f"overloaded, retry later ({exc})", 503, code="overloaded",
                          retry_after_s=retry_after_s) from exc
     except asyncio.TimeoutError as exc:
-        if hasattr(response, "cancel"):
-            response.cancel()
+        response.cancel()
         raise InputError(f"no answer within request_timeout_s={timeout_s:g}", 504, code="timeout") from exc
 
 
@@ -275,16 +274,16 @@ def observed(route: str):
 @serve.ingress(app)
 class Ingress:
     """``names``: the served model names (``{"embedder", "reranker"}``), which ``/v1/models``
-    lists and requests' ``model`` must match."""
+    lists and requests' ``model`` must match; the rest as :class:`unime.config.ServeConfig`."""
 
     def __init__(self, embedder, retriever, reranker, limits: dict, api_key: str | None, rerank_mode: str,
-                 image_root: str = "", storage_options: dict | None = None, names: dict | None = None,
-                 retry_after_s: float = 1.0, request_timeout_s: float = 60.0):
+                 image_root: str, storage_options: dict | None, *, names: dict, retry_after_s: float,
+                 request_timeout_s: float):
         from unime.data.images import ImageCache, ImageLimits
 
         self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
         self.limits, self.api_key, self.rerank_mode = ServeLimits(**limits), api_key, rerank_mode
-        self.names = names or {"embedder": "unime", "reranker": "unime-reranker"}
+        self.names = names
         self.corpus_images = ImageCache(image_root, ImageLimits(), storage_options)
         self.indexed_images: set[str] | None = None
         self.started = int(time.time())
@@ -321,10 +320,11 @@ class Ingress:
             raise InputError(f"rerank mode {mode!r}: expected one of {list(MODES)}", param="mode")
         return mode
 
-    async def _dimension(self) -> int:
+    async def _embedder(self) -> dict:
+        """The embedder replica's facts, asked once (every replica serves the same checkpoint)."""
         if self.embedder_facts is None:
             self.embedder_facts = await self._call(self.embedder.facts.remote())
-        return self.embedder_facts["embedding_dimension"]
+        return self.embedder_facts
 
     async def _embed_all(self, items: list[tuple], fields: list[str]) -> list[dict]:
         """Every item sent at once, so ``@serve.batch`` can batch a request's items together."""
@@ -364,7 +364,7 @@ class Ingress:
         import unime
 
         self._authorise(authorization, x_api_key)
-        embedder = await self._call(self.embedder.facts.remote())
+        embedder = await self._embedder()
         reranker = await self._call(self.reranker.facts.remote())
         return {"model_name": self.names["embedder"], **embedder,
                 "model_type": {"embedding": {"pooling": "last_token"}}, "max_client_batch_size": self.limits.max_batch,
@@ -397,7 +397,7 @@ class Ingress:
             model = self._model("embedder", request.model)
             inputs = request.items()
             check_range("input", len(inputs), 1, self.limits.max_batch)
-            checked_dimensions(request.dimensions, await self._dimension())
+            checked_dimensions(request.dimensions, (await self._embedder())["embedding_dimension"])
             fields = [f"input[{k}]" for k in range(len(inputs))]
             items = [check_item(item, self.limits, field, request.instruction) for item, field in zip(inputs, fields)]
             answers = await self._embed_all(items, fields)
@@ -521,5 +521,6 @@ def build_app(config):
             reranker, models.dtype, models.device, config.reranker_inputs(), serve_config.rerank_backend,
             asdict(config.eval.rerank_engine), options),
         asdict(serve_config.limits), serve_config.api_key, serve_config.rerank_mode,
-        config.data.image_root, options, {"embedder": serve_config.model_name, "reranker": serve_config.reranker_name},
-        serve_config.retry_after_s, serve_config.request_timeout_s)
+        config.data.image_root, options, names={"embedder": serve_config.model_name,
+                                                "reranker": serve_config.reranker_name},
+        retry_after_s=serve_config.retry_after_s, request_timeout_s=serve_config.request_timeout_s)

@@ -29,14 +29,12 @@ def field_path(location: tuple | list) -> str:
 
 
 def validation_error(errors: list[dict]) -> tuple[str, str | None]:
-    """(message, param) for FastAPI's request-validation errors, without their raw ``detail``."""
-    messages, params = [], []
-    for error in errors:
-        location = [p for p in error.get("loc", ()) if p != "body"]
-        path = field_path(location)
-        params.append(path or None)
-        messages.append(f"{path}: {error.get('msg', 'invalid')}" if path else error.get("msg", "invalid"))
-    return "; ".join(messages) or "invalid request", params[0] if params else None
+    """(message, param) for FastAPI's request-validation errors, without their raw ``detail``;
+    ``param`` is the first error's field."""
+    paths = [field_path([p for p in error.get("loc", ()) if p != "body"]) for error in errors]
+    messages = [f"{path}: {error.get('msg', 'invalid')}" if path else error.get("msg", "invalid")
+                for path, error in zip(paths, errors)]
+    return "; ".join(messages) or "invalid request", (paths[0] or None) if paths else None
 
 
 def checked_dimensions(dimensions: int | None, dimension: int) -> None:
