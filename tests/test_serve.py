@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from urllib.parse import quote_plus
 
 import numpy as np
@@ -196,6 +197,64 @@ def test_a_rerank_prompt_over_the_token_budget_is_a_413_and_the_app_keeps_servin
         assert response.status_code == 413, response.text
         assert "max_model_len=700" in response.json()["error"]["message"]
     assert post(base_url, "/v1/rerank", {"query": "red", "documents": ["a", "b"]}).status_code == 200
+
+
+def one_bit_png_data_url(size) -> str:
+    """A 1-bit PNG: many pixels in few bytes (a decompression-bomb shape)."""
+    buffer = io.BytesIO()
+    Image.new("1", size).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+PARROTS = "\U0001F99C" * 2000  # under max_text_chars=4000, ~8,000 byte-level tokens: over max_input_tokens=4096
+LONG = "y" * 1_000_000
+NOISE = {"image": png_data_url((400, 400), noise=True)}  # over max_image_bytes=20000
+THIN = {"image": png_data_url((1, 300))}
+HUGE = {"image": one_bit_png_data_url((4100, 4100))}  # 16.8M pixels in a few kB
+
+
+@pytest.mark.parametrize(("route", "payload", "status", "param", "message"), [
+    ("/v1/search", {"query": {"text": LONG}}, 413, "query", "max_text_chars=4000"),
+    ("/v1/search", {"query": {"text": "red"}, "instruction": LONG}, 413, "query", "max_text_chars=4000"),
+    ("/v1/embeddings", {"input": ["red", LONG]}, 413, "input[1]", "max_text_chars=4000"),
+    ("/v1/embeddings", {"input": ["red"], "instruction": LONG}, 413, "input[0]", "max_text_chars=4000"),
+    ("/v1/rerank", {"query": LONG, "documents": ["a"]}, 413, "query", "max_text_chars=4000"),
+    ("/v1/rerank", {"query": "red", "documents": ["a", LONG]}, 413, "documents[1]", "max_text_chars=4000"),
+    ("/v2/rerank", {"query": "red", "documents": [LONG]}, 413, "documents[0]", "max_text_chars=4000"),
+    ("/rerank", {"query": "red", "texts": ["a", LONG]}, 413, "texts[1]", "max_text_chars=4000"),
+    ("/v1/search", {"query": {"text": PARROTS}}, 413, "query", "over max_input_tokens=4096"),
+    ("/v1/search", {"query": {"text": "red"}, "instruction": PARROTS}, 413, "query", "over max_input_tokens=4096"),
+    ("/v1/embeddings", {"input": ["red", PARROTS, "blue"]}, 413, "input[1]", "over max_input_tokens=4096"),
+    ("/v1/search", {"query": NOISE}, 413, "query.image", "max_image_bytes=20000"),
+    ("/v1/embeddings", {"input": [NOISE]}, 413, "input[0].image", "max_image_bytes=20000"),
+    ("/v1/rerank", {"query": "red", "documents": [NOISE]}, 413, "documents[0].image", "max_image_bytes=20000"),
+    ("/v1/search", {"query": HUGE}, 413, "query.image", "max_image_pixels=16000000"),
+    ("/v1/embeddings", {"input": [HUGE]}, 413, "input[0].image", "max_image_pixels=16000000"),
+    ("/v1/rerank", {"query": HUGE, "documents": ["a"]}, 413, "query.image", "max_image_pixels=16000000"),
+    ("/v1/embeddings", {"input": [THIN]}, 400, "input[0].image", "max_image_aspect=200"),
+    ("/v1/rerank", {"query": "red", "documents": [THIN]}, 400, "documents[0].image", "max_image_aspect=200"),
+    ("/v1/search", {"query": {"text": "red"}, "top_k": 21}, 400, "top_k", "outside 1..20"),
+    ("/v1/search", {"query": {"text": "red"}, "rerank_k": 21}, 400, "rerank_k", "outside 1..20"),
+    ("/v1/rerank", {"query": "red", "documents": ["a"] * 21}, 400, "documents", "outside 1..20"),
+    ("/v2/rerank", {"query": "red", "documents": ["a"] * 21}, 400, "documents", "outside 1..20"),
+    ("/rerank", {"query": "red", "texts": ["a"] * 21}, 400, "texts", "outside 1..20"),
+    ("/v1/embeddings", {"input": ["a"] * 33}, 400, "input", "outside 1..32"),
+])
+def test_every_limit_is_a_quick_4xx_on_every_route_and_the_next_search_is_normal(base_url, route, payload, status,
+                                                                                 param, message):
+    """Each ``serve.limits`` bound on each route that takes it: refused within a second, naming
+    the field, before any model work that the bound exists to prevent; a search right after is
+    answered in normal time."""
+    started = time.perf_counter()
+    response = post(base_url, route, payload)
+    refused_in = time.perf_counter() - started
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert message in error["message"] and error["param"].startswith(param), error
+    assert refused_in < 1.0, refused_in
+    started = time.perf_counter()
+    assert post(base_url, "/v1/search", {"query": {"text": "a red circle"}, "rerank": False}).status_code == 200
+    assert time.perf_counter() - started < 2.0
 
 
 # ----- the ecosystem's clients, pointed at 127.0.0.1

@@ -1,5 +1,7 @@
 """Request validation without a running app: what reaches the model is bounded."""
 
+import dataclasses
+
 import pytest
 
 from unime.config import ServeLimits
@@ -50,17 +52,17 @@ def test_one_input_the_embedder_refuses_fails_alone_and_its_batch_mates_get_thei
     import numpy as np
 
     from unime.models import EmbedItem
-    from unime.serving.deployments import EmbedderDeployment, vector_or_422
+    from unime.serving.deployments import EmbedderDeployment, vector_or_refusal
 
     # the deployment's class outside Serve: the batch handler's body (Serve only gathers the batch)
     deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu")
     encode, encode_counted, calls = deployment.embedder.encode, deployment.embedder.encode_counted, []
 
-    def refusing(items):
+    def refusing(items, max_tokens=None):
         calls.append(len(items))
         if any(item.text == "poison" for item in items):
             raise TypeError("the tokenizer refuses it")
-        return encode_counted(items)
+        return encode_counted(items, max_tokens)
 
     deployment.embedder.encode_counted = refusing
     texts = ["a red circle", "poison", "blue squares", "green triangles"]
@@ -73,9 +75,61 @@ def test_one_input_the_embedder_refuses_fails_alone_and_its_batch_mates_get_thei
             tokens = deployment.embedder.processor.tokenizer(deployment.embedder.recipe.embed_text(text, False))
             assert answer["tokens"] == len(tokens["input_ids"])
     with pytest.raises(InputError, match=r"input\[1\]: the embedder cannot encode it \(TypeError") as e:
-        vector_or_422(results[1], "input[1]")
+        vector_or_refusal(results[1], "input[1]")
     assert e.value.status == 422
     assert deployment.encode_batch([("poison", None)]) == [{"error": "TypeError: the tokenizer refuses it"}]
+
+
+def test_a_prompt_over_max_input_tokens_is_a_413_before_the_forward_and_its_batch_mates_are_encoded(tiny_dir):
+    import numpy as np
+
+    from unime.models import EmbedItem
+    from unime.serving.deployments import EmbedderDeployment, vector_or_refusal
+
+    deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu", max_input_tokens=50)
+    tokenizer, forwards = deployment.embedder.processor.tokenizer, []
+    forward = deployment.embedder.forward
+    deployment.embedder.forward = lambda batch: forwards.append(batch["input_ids"].shape[0]) or forward(batch)
+    parrots = "\U0001F99C" * 40  # 40 characters, one byte-level token per UTF-8 byte: 160 tokens
+    assert len(tokenizer(parrots)["input_ids"]) > 50 > len(parrots)
+    texts = ["a red circle", parrots, "blue squares"]
+    results = deployment.encode_batch([(text, None) for text in texts])
+    assert forwards == [2]  # one forward, of the two within the budget
+    assert results[1] == {"error": f"{len(tokenizer(parrots)['input_ids'])} tokens, over max_input_tokens=50 "
+                                   "(image tokens included)", "status": 413}
+    for k in (0, 2):
+        np.testing.assert_allclose(results[k]["vector"], deployment.embedder.encode([EmbedItem(texts[k])])[0],
+                                   atol=1e-5)
+    with pytest.raises(InputError, match=r"input\[1\]: 160 tokens, over max_input_tokens=50") as e:
+        vector_or_refusal(results[1], "input[1]")
+    assert e.value.status == 413 and e.value.param == "input[1]"
+
+
+def test_image_tokens_count_towards_max_input_tokens(tiny_dir):
+    from PIL import Image
+
+    from unime.serving.deployments import EmbedderDeployment
+
+    deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu", max_input_tokens=12)
+    image = Image.new("RGB", (224, 224), (200, 30, 30))  # 16 image tokens in the tiny processor's pixel bounds
+    answer = deployment.encode_batch([("red", image)])[0]
+    assert answer.get("status") == 413 and int(answer["error"].split()[0]) > 16, answer
+    assert "vector" in deployment.encode_batch([("red", None)])[0]
+
+
+def test_a_recipe_max_length_caps_the_budget_so_an_accepted_prompt_is_never_cut(tiny_dir):
+    from unime.models import EmbedItem
+    from unime.models.embedder import PromptTooLong
+    from unime.serving.deployments import EmbedderDeployment
+
+    deployment = EmbedderDeployment.func_or_class(str(tiny_dir / "embedder"), device="cpu", max_input_tokens=4096)
+    embedder = deployment.embedder
+    embedder.recipe = dataclasses.replace(embedder.recipe, max_length=8)
+    words = "two red circles and three blue squares on the left of a green triangle"
+    with pytest.raises(PromptTooLong) as too_long:
+        embedder.encode_counted([EmbedItem("red"), EmbedItem(words)], max_tokens=4096)
+    assert too_long.value.limit == 8 and list(too_long.value.over) == [1]
+    assert embedder.encode_counted([EmbedItem(words)])[1] == [8]  # without a budget the recipe cuts it
 
 
 def test_a_model_call_past_request_timeout_s_is_a_504_and_is_cancelled():

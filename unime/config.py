@@ -233,6 +233,9 @@ class ServeLimits:
     # Qwen2-VL's and Qwen2.5-VL's processors refuse images whose long side exceeds 200x the short
     max_image_aspect: float = 200.0
     max_text_chars: int = 4000
+    # an item's prompt in tokens as the embedder templates it, image tokens included, checked
+    # before the forward (a 413; never truncated); the input recipe's max_length caps it
+    max_input_tokens: int = 4096
     max_top_k: int = 100
     # with a vLLM reranker: at most its engine's images per prompt minus the query's (checked)
     max_rerank_k: int = 20

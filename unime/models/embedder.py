@@ -27,6 +27,14 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+class PromptTooLong(ValueError):
+    """Items whose prompts exceed a token budget: ``over`` maps an item's position to its length."""
+
+    def __init__(self, over: dict[int, int], limit: int):
+        super().__init__(f"{len(over)} prompt(s) over {limit} tokens: {over}")
+        self.over, self.limit = over, limit
+
+
 class PooledEncoder(torch.nn.Module):
     """The embedding forward as a module (what DDP wraps): last-layer hidden state of the
     last token, L2-normalised. Skips the LM head, which embeddings never need."""
@@ -78,11 +86,13 @@ class Embedder:
         applies it again), for caches that keep prepared rather than full-size images."""
         return self.recipe.embed_image(image, self.image_resolution)
 
-    def collate(self, items: list[EmbedItem]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list[EmbedItem], truncate: bool = True) -> dict[str, torch.Tensor]:
+        """The processor's batch; ``truncate=False`` keeps prompts the recipe would cut whole."""
         recipe = self.recipe
         texts = [recipe.embed_text(item.text, item.image is not None) for item in items]
         images = [recipe.embed_image(item.image, self.image_resolution) for item in items if item.image is not None]
-        truncation = {"truncation": True, "max_length": recipe.max_length} if recipe.max_length else {}
+        cut = truncate and recipe.max_length
+        truncation = {"truncation": True, "max_length": recipe.max_length} if cut else {}
         batch = dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
                                     **truncation))
         positions = recipe.position_ids(batch["attention_mask"])
@@ -99,10 +109,21 @@ class Embedder:
         return self.encode_counted(items)[0]
 
     @torch.inference_mode()
-    def encode_counted(self, items: list[EmbedItem]) -> tuple[np.ndarray, list[int]]:
-        """The embeddings and each item's prompt length in tokens (image tokens included)."""
-        batch = self.collate(items)
-        return self.forward(batch).cpu().numpy(), batch["attention_mask"].sum(dim=1).tolist()
+    def encode_counted(self, items: list[EmbedItem], max_tokens: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """The embeddings and each item's prompt length in tokens (image tokens included).
+
+        ``max_tokens``: a budget checked before the forward, on prompts as templated and
+        before any truncation; the items over it (or over the recipe's own ``max_length``,
+        which would cut them) raise :class:`PromptTooLong`. Accepted items are never cut, so
+        their embeddings equal :meth:`encode`'s.
+        """
+        batch = self.collate(items, truncate=max_tokens is None)
+        tokens = batch["attention_mask"].sum(dim=1).tolist()
+        if max_tokens is not None:
+            limit = min(max_tokens, self.recipe.max_length or max_tokens)
+            if over := {k: int(n) for k, n in enumerate(tokens) if n > limit}:
+                raise PromptTooLong(over, limit)
+        return self.forward(batch).cpu().numpy(), tokens
 
     @property
     def dimension(self) -> int:

@@ -122,11 +122,12 @@ async def _http_error(_: Request, exc: HTTPException):
 @serve.deployment
 class EmbedderDeployment:
     def __init__(self, model: str, dtype: str = "float32", device: str = "auto", batch_size: int = 16,
-                 batch_wait_s: float = 0.01, inputs: dict | None = None, storage_options: dict | None = None):
+                 batch_wait_s: float = 0.01, inputs: dict | None = None, storage_options: dict | None = None,
+                 max_input_tokens: int | None = None):
         from unime.models import Embedder
 
         self.embedder = Embedder(model, dtype=dtype, device=device, storage_options=storage_options, **(inputs or {}))
-        self.model = model
+        self.model, self.max_input_tokens = model, max_input_tokens
         self.embed.set_max_batch_size(batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_s)
         self.batch_sizes: list[int] = []
@@ -139,30 +140,38 @@ class EmbedderDeployment:
         return await asyncio.to_thread(self.encode_batch, items)
 
     def encode_batch(self, items: list[tuple]) -> list[dict]:
-        """``{"vector", "tokens"}`` per ``(text, image)``; when the batch fails, each item alone,
-        so one input the model refuses gives its own request an ``{"error"}`` and its
-        batch-mates their vectors."""
+        """``{"vector", "tokens"}`` per ``(text, image)``. A prompt over ``max_input_tokens`` gets
+        a 413 ``{"error"}`` before the forward and its batch-mates are encoded without it; when
+        the forward fails, each item alone, so one input the model refuses gives its own
+        request an ``{"error"}`` and its batch-mates their vectors."""
         from unime.models import EmbedItem
+        from unime.models.embedder import PromptTooLong
 
         batch = [EmbedItem(text, image) for text, image in items]
         try:
-            return embedded(*self.embedder.encode_counted(batch))
+            return embedded(*self.embedder.encode_counted(batch, self.max_input_tokens))
+        except PromptTooLong as exc:
+            return self._without(items, exc)
         except Exception as exc:
             if len(batch) == 1:
                 return [refusal(exc)]
-        return [self._alone(item) for item in batch]
+        return [self.encode_batch([item])[0] for item in items]
 
-    def _alone(self, item) -> dict:
-        try:
-            return embedded(*self.embedder.encode_counted([item]))[0]
-        except Exception as exc:
-            return refusal(exc)
+    def _without(self, items: list[tuple], too_long) -> list[dict]:
+        rest = [k for k in range(len(items)) if k not in too_long.over]
+        answers = dict(zip(rest, self.encode_batch([items[k] for k in rest]) if rest else []))
+        for k, tokens in too_long.over.items():
+            answers[k] = {"error": f"{tokens} tokens, over max_input_tokens={too_long.limit} (image tokens "
+                                   "included)", "status": 413}
+        return [answers[k] for k in range(len(items))]
 
     def facts(self) -> dict:
         """What ``/info`` reports of this replica's model."""
         return {"model_id": self.model, "embedding_dimension": self.embedder.dimension,
                 "model_dtype": str(self.embedder.model.dtype).removeprefix("torch."),
-                "input_recipe": self.embedder.recipe.name, "max_input_tokens": self.embedder.recipe.max_length}
+                "input_recipe": self.embedder.recipe.name,
+                "max_input_tokens": min(filter(None, (self.max_input_tokens, self.embedder.recipe.max_length)),
+                                        default=None)}
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
@@ -245,9 +254,11 @@ def refusal(exc: Exception) -> dict:
     return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def vector_or_422(answer: dict, field: str) -> dict:
+def vector_or_refusal(answer: dict, field: str) -> dict:
     """An answer of :meth:`EmbedderDeployment.embed` (``{"vector", "tokens"}``), or its refusal
-    as a 422 naming the field."""
+    naming the field: a 413 for a prompt over the token budget, else a 422."""
+    if answer.get("status") == 413:
+        raise InputError(f"{field}: {answer['error']}", 413, param=field, code="prompt_too_long")
     if "error" in answer:
         raise InputError(f"{field}: the embedder cannot encode it ({answer['error']})", 422, param=field)
     return answer
@@ -329,7 +340,7 @@ class Ingress:
     async def _embed_all(self, items: list[tuple], fields: list[str]) -> list[dict]:
         """Every item sent at once, so ``@serve.batch`` can batch a request's items together."""
         answers = await asyncio.gather(*[self._call(self.embedder.embed.remote(item)) for item in items])
-        return [vector_or_422(answer, field) for answer, field in zip(answers, fields)]
+        return [vector_or_refusal(answer, field) for answer, field in zip(answers, fields)]
 
     async def _ranked(self, query: Item, documents: list[Item], mode: str | None,
                       field: str = "documents") -> tuple[dict, str]:
@@ -514,7 +525,7 @@ def build_app(config):
         EmbedderDeployment.options(ray_actor_options=model, max_ongoing_requests=max(2 * serve_config.batch_size, 8),
                                    **queues).bind(
             embedder, models.dtype, models.device, serve_config.batch_size, serve_config.batch_wait_s, inputs,
-            options),
+            options, serve_config.limits.max_input_tokens),
         RetrieverDeployment.options(ray_actor_options=light, max_ongoing_requests=serve_config.max_ongoing_requests,
                                     **queues).bind(index_dir, embedder, options, inputs),
         RerankerDeployment.options(ray_actor_options=model, max_ongoing_requests=2, **queues).bind(
