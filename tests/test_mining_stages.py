@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import STAGES, load_script, mining_config, mining_overrides, run_all
 from unime.data import read_mined
+from unime.data.mined import dumps
 from unime.pipeline import embed, ingest, judge, manifest, mine, retrieve
 
 pytestmark = pytest.mark.integration
@@ -45,8 +46,11 @@ def test_negatives_respect_the_method(mined_run):
 
 def test_records_validate_against_the_released_format(mined_run, demo_dir):
     config, results = mined_run
-    records, _, result = read_mined(mine.output_paths(config.run_dir)["mined"], image_root=str(demo_dir))
+    path = mine.output_paths(config.run_dir)["mined"]
+    records, style, result = read_mined(path, image_root=str(demo_dir),
+                                        expected_negatives=config.mining.num_negatives)
     assert not result.quarantine and len(records) == results["mine"]["rows"]["records_out"]
+    assert dumps(records, style).encode() == Path(path).read_bytes()  # our own output round-trips too
     assert all(list(r) == ["query_text", "query_image", "pos_text", "pos_image", "query_pos_scores",
                            "hard_negatives", "hard_negatives_scores"] for r in records)
 

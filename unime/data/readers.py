@@ -8,7 +8,7 @@ import io
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +65,14 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def iter_raw_rows(path: str, storage_options: dict[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
-    """(row index, raw row or RowError) for every row of a JSON, JSONL or parquet file."""
+def iter_raw_rows(path: str, storage_options: dict[str, Any] | None = None,
+                  parse_number: Callable[[str], Any] | None = None) -> Iterator[tuple[int, Any]]:
+    """(row index, raw row or RowError) for every row of a JSON, JSONL or parquet file.
+
+    ``parse_number`` turns each JSON number's source text into its value: ints, floats and
+    ``NaN`` / ``Infinity`` / ``-Infinity`` alike (the default: :func:`json.loads`'s own).
+    """
+    hooks = dict.fromkeys(("parse_float", "parse_int", "parse_constant"), parse_number) if parse_number else {}
     if path.endswith(".parquet"):
         try:
             table = pq.read_table(io.BytesIO(read_bytes(path, storage_options)))
@@ -74,10 +80,10 @@ def iter_raw_rows(path: str, storage_options: dict[str, Any] | None = None) -> I
             raise CorruptFileError(f"{path}: not a readable parquet file ({exc})") from exc
         yield from enumerate(table.to_pylist())
     elif path.endswith(".jsonl"):
-        yield from _iter_jsonl(path, read_bytes(path, storage_options))
+        yield from _iter_jsonl(path, read_bytes(path, storage_options), hooks)
     elif path.endswith(".json"):
         try:
-            payload = json.loads(_decode(read_bytes(path, storage_options)))
+            payload = json.loads(_decode(read_bytes(path, storage_options)), **hooks)
         except json.JSONDecodeError as exc:
             raise CorruptFileError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(payload, list):
@@ -87,14 +93,14 @@ def iter_raw_rows(path: str, storage_options: dict[str, Any] | None = None) -> I
         raise CorruptFileError(f"{path}: unknown format; expected one of {SUFFIXES}")
 
 
-def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any]]:
+def _iter_jsonl(path: str, data: bytes, hooks: dict[str, Any]) -> Iterator[tuple[int, Any]]:
     """(row index, value) per non-blank line; the row index is the line's own (0-based: its
     line number minus one), so a quarantined row points at its line even after blank lines."""
     lines = [(index, line) for index, line in enumerate(data.split(b"\n")) if line.strip()]
     parsed = []
     for index, line in lines:
         try:
-            parsed.append((index, json.loads(_decode(line))))
+            parsed.append((index, json.loads(_decode(line), **hooks)))
         except json.JSONDecodeError as exc:
             parsed.append((index, RowError(ROW, f"malformed JSON: {exc.msg} at column {exc.colno}")))
     if lines and all(isinstance(value, RowError) for _, value in parsed):
@@ -104,18 +110,21 @@ def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any]]:
 
 def read_rows(path: str, kind: str, image_root: str = "", limits: ImageLimits | None = None,
               storage_options: dict[str, Any] | None = None, checker: ImageChecker | None = None,
-              check_images: bool = True) -> ReadResult:
+              check_images: bool = True, normalise: Callable[[Any], dict] | None = None,
+              parse_number: Callable[[str], Any] | None = None) -> ReadResult:
     """Read one file of ``kind`` ("pairs", "mined", "eval" or "global"), validating rows and images.
 
     ``check_images=False`` validates rows only (e.g. converting a released score file
-    whose images live elsewhere).
+    whose images live elsewhere). ``normalise`` replaces the kind's row normaliser (e.g.
+    :func:`normalise_mined` with a required number of hard negatives); ``parse_number``
+    is passed to :func:`iter_raw_rows`.
     """
     dataset = dataset_name(path)
-    normalise = {"pairs": lambda r: normalise_pair(r, dataset), "mined": normalise_mined,
-                 "eval": lambda r: normalise_eval(r, dataset), "global": normalise_global}[kind]
+    normalise = normalise or {"pairs": lambda r: normalise_pair(r, dataset), "mined": normalise_mined,
+                              "eval": lambda r: normalise_eval(r, dataset), "global": normalise_global}[kind]
     checker = checker or ImageChecker(image_root, limits or ImageLimits(), storage_options)
     result = ReadResult()
-    for index, raw in iter_raw_rows(path, storage_options):
+    for index, raw in iter_raw_rows(path, storage_options, parse_number):
         result.input_rows += 1
         try:
             if isinstance(raw, RowError):

@@ -29,6 +29,29 @@ class RowError(ValueError):
         self.field, self.reason = field, reason
 
 
+class JsonNumber(float):
+    """A JSON number that remembers its source spelling (``0.50``, ``2.5E-1``, ``1``, ``NaN``).
+
+    It is a float everywhere (arithmetic returns plain floats, ``float(x)`` a plain copy);
+    only the mined-record writer and quarantine reasons look at :attr:`text`, the writer to
+    write the number back exactly as it was read.
+    """
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> JsonNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __reduce__(self):
+        return JsonNumber, (self.text,)
+
+
+def _type_name(value: Any) -> str:
+    return "number" if isinstance(value, JsonNumber) else type(value).__name__
+
+
 def as_text(value: Any, field: str) -> str:
     """A UTF-8 string field; None means empty. Bytes are decoded strictly."""
     if value is None:
@@ -39,7 +62,7 @@ def as_text(value: Any, field: str) -> str:
         except UnicodeDecodeError as exc:
             raise RowError(field, f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if not isinstance(value, str):
-        raise RowError(field, f"expected a string, got {type(value).__name__}")
+        raise RowError(field, f"expected a string, got {_type_name(value)}")
     if _SURROGATES.search(value):
         raise RowError(field, "text is not valid UTF-8")
     return value
@@ -49,14 +72,6 @@ def _required(raw: dict, field: str) -> Any:
     if field not in raw:
         raise RowError(field, "missing field")
     return raw[field]
-
-
-def as_score(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RowError(field, f"expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise RowError(field, f"score is not finite: {value}")
-    return float(value)
 
 
 def _is_empty(text: str, image: str) -> bool:
@@ -80,27 +95,79 @@ def normalise_pair(raw: Any, dataset: str) -> dict:
     return row
 
 
-def normalise_mined(raw: Any) -> dict:
-    """A released-format mined record, validated; values are returned as given (no coercion)."""
+def _show(value: Any) -> str:
+    """A value as a quarantine reason quotes it (numbers by their source spelling)."""
+    shown = value.text if isinstance(value, JsonNumber) else repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _bad(path: str, problem: str) -> RowError:
+    """The error for the value at ``path`` (``hard_negatives[2][1]``): its field is the column."""
+    return RowError(path.split("[")[0], f"{path}: {problem}")
+
+
+def _unit_score(value: Any, path: str) -> None:
+    """A judge score: a real number (not a bool), finite, in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(path, f"expected a number, got {_type_name(value)} {_show(value)}")
+    if not math.isfinite(value):
+        raise _bad(path, f"{_show(value)} is not a finite number")
+    if not 0 <= value <= 1:
+        raise _bad(path, f"{_show(value)} is outside [0, 1]")
+
+
+def _mined_field(raw: dict, field: str) -> Any:
+    if field not in raw:
+        raise _bad(field, "missing field")
+    return raw[field]
+
+
+def _mined_text(value: Any, path: str) -> str:
+    try:
+        return as_text(value, path)
+    except RowError as err:
+        raise _bad(path, err.reason) from err
+
+
+def normalise_mined(raw: Any, expected_negatives: int | None = None) -> dict:
+    """A released-format mined record, validated; values are returned as given (no coercion).
+
+    Text fields are strings (null reads as empty); the query and the positive each have a
+    text or an image; ``hard_negatives`` is a non-empty list of ``[text, image]`` pairs
+    (exactly ``expected_negatives`` of them when given), none empty, with one
+    ``hard_negatives_scores`` entry each; every score is a real number in [0, 1]. The
+    error's field is the column at fault; its reason starts with the exact place
+    (``hard_negatives_scores[3]: 7.5 is outside [0, 1]``).
+    """
     if not isinstance(raw, dict):
         raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
-    for field in ("query_text", "pos_text"):
-        as_text(_required(raw, field), field)
-    for field in ("query_image", "pos_image"):
-        as_text(raw.get(field), field)
-    as_score(_required(raw, "query_pos_scores"), "query_pos_scores")
-    negatives, scores = _required(raw, "hard_negatives"), _required(raw, "hard_negatives_scores")
+    text = {f: _mined_text(_mined_field(raw, f), f) for f in ("query_text", "pos_text")}
+    text.update({f: _mined_text(raw.get(f), f) for f in ("query_image", "pos_image")})
+    if _is_empty(text["query_text"], text["query_image"]):
+        raise _bad("query_text", "empty query: no text and no image")
+    if _is_empty(text["pos_text"], text["pos_image"]):
+        raise _bad("pos_text", "empty positive: no text and no image")
+    _unit_score(_mined_field(raw, "query_pos_scores"), "query_pos_scores")
+    negatives, scores = _mined_field(raw, "hard_negatives"), _mined_field(raw, "hard_negatives_scores")
     if not isinstance(negatives, list):
-        raise RowError("hard_negatives", f"expected a list, got {type(negatives).__name__}")
+        raise _bad("hard_negatives", f"expected a list, got {_type_name(negatives)}")
+    if not negatives:
+        raise _bad("hard_negatives", "empty list; expected at least 1 hard negative")
+    if expected_negatives is not None and len(negatives) != expected_negatives:
+        raise _bad("hard_negatives", f"{len(negatives)} hard negatives, expected {expected_negatives}")
     for k, pair in enumerate(negatives):
         if not isinstance(pair, list) or len(pair) != 2:
-            raise RowError("hard_negatives", f"entry {k} is not a [text, image] pair")
-        as_text(pair[0], "hard_negatives")
-        as_text(pair[1], "hard_negatives")
-    if not isinstance(scores, list) or len(scores) != len(negatives):
-        raise RowError("hard_negatives_scores", f"expected {len(negatives)} scores, one per hard negative")
-    for score in scores:
-        as_score(score, "hard_negatives_scores")
+            got = f"{len(pair)} elements" if isinstance(pair, list) else _type_name(pair)
+            raise _bad(f"hard_negatives[{k}]", f"expected a [text, image] pair, got {got}")
+        if _is_empty(_mined_text(pair[0], f"hard_negatives[{k}][0]"), _mined_text(pair[1], f"hard_negatives[{k}][1]")):
+            raise _bad(f"hard_negatives[{k}]", "empty hard negative: no text and no image")
+    if not isinstance(scores, list):
+        raise _bad("hard_negatives_scores", f"expected a list, got {_type_name(scores)}")
+    if len(scores) != len(negatives):
+        raise _bad("hard_negatives_scores", f"{len(scores)} scores for {len(negatives)} hard negatives; "
+                                            "expected one each")
+    for k, score in enumerate(scores):
+        _unit_score(score, f"hard_negatives_scores[{k}]")
     return raw
 
 
