@@ -24,6 +24,7 @@ from unime.data.images import ImageCache, ImageLimits
 from unime.losses import info_nce, soft_kl_alignment
 from unime.models import Embedder, EmbedItem
 from unime.train.base import TrainerBase, apply_lora, run_worker_loop
+from unime.train.distributed import all_gather_with_grad
 from unime.train.gradcache import gradcache_step, plain_step
 
 
@@ -101,9 +102,15 @@ class EmbedderTrainer(TrainerBase):
                 value = value + self.config.soft_label_weight * soft_kl_alignment(
                     sims, judge_scores, self.config.temperature)
             if self.config.infonce_weight:
-                value = value + self.config.infonce_weight * info_nce(
-                    queries, candidates, self.config.temperature, self.config.in_batch_negatives)
+                value = value + self.config.infonce_weight * contrastive(queries, candidates)
             return value
+
+        def contrastive(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+            """InfoNCE; with in-batch negatives over the global batch, every worker's queries
+            and candidates gathered (the soft-label term is per query: local)."""
+            if self.config.in_batch_negatives:
+                queries, candidates = all_gather_with_grad(queries), all_gather_with_grad(candidates)
+            return info_nce(queries, candidates, self.config.temperature, self.config.in_batch_negatives)
         return loss
 
     def step(self, batch: dict) -> float:
