@@ -4,6 +4,7 @@ run the trainer's own loss under DDP; the reference is written out here, on one 
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -87,7 +88,13 @@ def reference(in_batch: bool) -> tuple[float, list[torch.Tensor]]:
 def test_two_workers_give_one_workers_loss_and_gradients(tmp_path, in_batch, chunk):
     import torch.multiprocessing as mp
 
-    mp.spawn(worker, args=(2, free_port(), in_batch, chunk, str(tmp_path)), nprocs=2, join=True)
+    context = mp.spawn(worker, args=(2, free_port(), in_batch, chunk, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):  # raises a worker's error; never waits without bound
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two gloo workers did not finish within 120 s")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     expected_loss, expected_grads = reference(in_batch)
     # each worker's loss: the global InfoNCE plus its own queries' soft-label term
