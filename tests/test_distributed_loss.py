@@ -4,14 +4,13 @@ run the trainer's own loss under DDP; the reference is written out here, on one 
 
 from __future__ import annotations
 
+import datetime
 import time
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from tests.helpers import free_port
 
 BATCH, PER_QUERY, DIM, TEMPERATURE = 8, 3, 6, 0.05
 
@@ -36,14 +35,17 @@ def train_config(in_batch: bool):
                                infonce_weight=1.0)
 
 
-def worker(rank: int, world: int, port: int, in_batch: bool, chunk: int, out: str) -> None:
+def worker(rank: int, world: int, in_batch: bool, chunk: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from unime.train.embedder import EmbedderTrainer
     from unime.train.gradcache import gradcache_step, plain_step
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store, not a TCP port that another process (a Ray node) may take between choosing
+    # it and binding it; a short timeout, so a worker that cannot join fails instead of waiting
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         model = DistributedDataParallel(encoder())
         queries, candidates, judge = inputs()
@@ -88,7 +90,7 @@ def reference(in_batch: bool) -> tuple[float, list[torch.Tensor]]:
 def test_two_workers_give_one_workers_loss_and_gradients(tmp_path, in_batch, chunk):
     import torch.multiprocessing as mp
 
-    context = mp.spawn(worker, args=(2, free_port(), in_batch, chunk, str(tmp_path)), nprocs=2, join=False)
+    context = mp.spawn(worker, args=(2, in_batch, chunk, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=5):  # raises a worker's error; never waits without bound
         if time.monotonic() > deadline:

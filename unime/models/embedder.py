@@ -119,11 +119,17 @@ class Embedder:
         """
         batch = self.collate(items, truncate=max_tokens is None)
         tokens = batch["attention_mask"].sum(dim=1).tolist()
-        if max_tokens is not None:
-            limit = min(max_tokens, self.recipe.max_length or max_tokens)
-            if over := {k: int(n) for k, n in enumerate(tokens) if n > limit}:
-                raise PromptTooLong(over, limit)
+        limit = self.token_budget(max_tokens)
+        if limit is not None and (over := {k: int(n) for k, n in enumerate(tokens) if n > limit}):
+            raise PromptTooLong(over, limit)
         return self.forward(batch).cpu().numpy(), tokens
+
+    def token_budget(self, max_tokens: int | None) -> int | None:
+        """The longest prompt accepted under ``max_tokens``: the recipe's ``max_length`` caps it
+        (a longer prompt would be cut). None: no budget."""
+        if max_tokens is None:
+            return None
+        return min(max_tokens, self.recipe.max_length or max_tokens)
 
     @property
     def dimension(self) -> int:

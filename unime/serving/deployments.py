@@ -170,8 +170,7 @@ class EmbedderDeployment:
         return {"model_id": self.model, "embedding_dimension": self.embedder.dimension,
                 "model_dtype": str(self.embedder.model.dtype).removeprefix("torch."),
                 "input_recipe": self.embedder.recipe.name,
-                "max_input_tokens": min(filter(None, (self.max_input_tokens, self.embedder.recipe.max_length)),
-                                        default=None)}
+                "max_input_tokens": self.embedder.token_budget(self.max_input_tokens) or self.embedder.recipe.max_length}
 
     def stats(self) -> dict:
         return {"batches": len(self.batch_sizes), "mean_batch": float(np.mean(self.batch_sizes or [0]))}
