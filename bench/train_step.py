@@ -13,6 +13,7 @@ matmul peak measured on this machine in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -96,6 +97,10 @@ def worker(rank: int, world: int, port: int, args: dict, results) -> None:
                  if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n)
     results.put({"rank": rank, "seconds": seconds, "tokens": tokens, "params": params, "rss": peak_rss_mb()})
     if world > 1:
+        # the DDP reducer must not hold the group's last reference: destroyed there, the
+        # group joins its threads without releasing the GIL and can deadlock
+        del trainer
+        gc.collect()
         dist.destroy_process_group()
 
 

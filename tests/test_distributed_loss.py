@@ -5,6 +5,7 @@ run the trainer's own loss under DDP; the reference is written out here, on one 
 from __future__ import annotations
 
 import datetime
+import gc
 import time
 import types
 
@@ -37,34 +38,43 @@ def train_config(in_batch: bool):
 
 def worker(rank: int, world: int, in_batch: bool, chunk: int, out: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from unime.train.embedder import EmbedderTrainer
-    from unime.train.gradcache import gradcache_step, plain_step
 
     # a file store, not a TCP port that another process (a Ray node) may take between choosing
     # it and binding it; a short timeout, so a worker that cannot join fails instead of waiting
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        model = DistributedDataParallel(encoder())
-        queries, candidates, judge = inputs()
-        per_worker = BATCH // world
-        mine = slice(rank * per_worker, (rank + 1) * per_worker)
-        own_candidates = candidates[rank * per_worker * PER_QUERY: (rank + 1) * per_worker * PER_QUERY]
-        loss_fn = EmbedderTrainer.loss_fn(types.SimpleNamespace(config=train_config(in_batch)), judge[mine])
-
-        def embed(rows):
-            return F.normalize(model(torch.stack(list(rows))), dim=-1)
-
-        if chunk:
-            loss = gradcache_step(embed, queries[mine], own_candidates, loss_fn, chunk, model.no_sync)
-        else:
-            loss = plain_step(embed, queries[mine], own_candidates, loss_fn)
-        torch.save({"loss": float(loss), "grads": [p.grad.clone() for p in model.module.parameters()]},
-                   f"{out}/rank{rank}.pt")
+        # the DDP model dies inside this call, while the process group is still registered:
+        # a DDP reducer holding the group's last reference destroys it without releasing
+        # the GIL, and that deadlocks against a gloo thread that needs the GIL to finish
+        one_step(rank, world, in_batch, chunk, out)
+        gc.collect()
     finally:
         dist.destroy_process_group()
+
+
+def one_step(rank: int, world: int, in_batch: bool, chunk: int, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from unime.train.embedder import EmbedderTrainer
+    from unime.train.gradcache import gradcache_step, plain_step
+
+    model = DistributedDataParallel(encoder())
+    queries, candidates, judge = inputs()
+    per_worker = BATCH // world
+    mine = slice(rank * per_worker, (rank + 1) * per_worker)
+    own_candidates = candidates[rank * per_worker * PER_QUERY: (rank + 1) * per_worker * PER_QUERY]
+    loss_fn = EmbedderTrainer.loss_fn(types.SimpleNamespace(config=train_config(in_batch)), judge[mine])
+
+    def embed(rows):
+        return F.normalize(model(torch.stack(list(rows))), dim=-1)
+
+    if chunk:
+        loss = gradcache_step(embed, queries[mine], own_candidates, loss_fn, chunk, model.no_sync)
+    else:
+        loss = plain_step(embed, queries[mine], own_candidates, loss_fn)
+    torch.save({"loss": float(loss), "grads": [p.grad.clone() for p in model.module.parameters()]},
+               f"{out}/rank{rank}.pt")
 
 
 def reference(in_batch: bool) -> tuple[float, list[torch.Tensor]]:
