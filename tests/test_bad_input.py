@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from unime.data import CorruptFileError, ImageLimits, read_eval, read_mined, read_pairs
+from unime.data import CorruptFileError, ImageLimits, read_eval, read_mined, read_pairs, schemas
 
 GOOD = {"query_text": "<|image_1|>\nFind a caption.\n", "query_image": "ok.png", "pos_text": "a red circle",
         "pos_image": ""}
@@ -189,3 +189,126 @@ def test_a_jsonl_rows_index_is_its_line_number_minus_one_blank_lines_included(ro
     table, result = read_pairs(str(root / "gaps.jsonl"), image_root=str(root))
     assert table.num_rows == 1 and result.input_rows == 3
     assert [(q["row_index"], q["field"]) for q in result.quarantine] == [(3, "query_image"), (5, "<row>")]
+
+
+def ingest_without_ray(train: str, image_root, limits: ImageLimits | None = None, reverse_blocks: bool = False):
+    """The ingest stage's steps on plain Arrow tables: one block per file (the stage's read
+    tasks), the duplicate decision over every block's keys at once (its driver), duplicates
+    marked block by block. ``reverse_blocks`` hands the blocks over last file first, as
+    parallel tasks may. Returns (pairs, quarantine rows, counts)."""
+    from dataclasses import asdict
+
+    import pyarrow.compute as pc
+
+    from unime.config import DataConfig
+    from unime.pipeline import ingest
+
+    sources = [f["path"] for f in ingest.input_files(DataConfig(train=[train]))]
+    blocks = [ingest.ingest_files({"path": [path], "file_index": [index]}, str(image_root),
+                                  asdict(limits or ImageLimits()), {}) for index, path in enumerate(sources)]
+    if reverse_blocks:
+        blocks.reverse()
+    tagged = pa.concat_tables(blocks)
+    markers = tagged.filter(pc.equal(tagged["row_index"], -1))
+    valid = tagged.filter(pc.and_(pc.not_equal(tagged["row_index"], -1), pc.invert(tagged["quarantined"])))
+    duplicates = ingest.find_duplicates(valid.select([*ingest.DUPLICATE_KEY, "file_index", "row_index"]))
+    rows = pa.concat_tables([ingest.mark_duplicates(block, duplicates, sources) for block in blocks])
+    rows = rows.filter(pc.not_equal(rows["row_index"], -1))
+    pairs = rows.filter(pc.invert(rows["quarantined"])).select(schemas.PAIR.names)
+    quarantine = rows.filter(rows["quarantined"]).select(schemas.QUARANTINE.names).to_pylist()
+    counts = {"input_rows": pc.sum(markers["input_rows"]).as_py(), "good_rows": pairs.num_rows,
+              "quarantined_rows": len(quarantine), "duplicates": len(duplicates)}
+    ingest.reconcile(counts["input_rows"], valid.num_rows, counts["good_rows"], counts["quarantined_rows"],
+                     counts["duplicates"])
+    return pairs, quarantine, counts
+
+
+def write_duplicates_corpus(root):
+    """Three files under ``root/train`` repeating pairs within and across files and datasets
+    (``root`` holds ok.png); returns their paths in read order (sorted)."""
+    a, b, c = GOOD, GOOD | {"pos_text": "a blue square"}, GOOD | {"query_image": "", "query_text": "red?"}
+
+    def mmeb(row, dataset=None):  # MMEB-train names: the same content, the same ids
+        return {"qry": row["query_text"], "qry_image_path": row["query_image"], "pos_text": row["pos_text"],
+                "pos_image_path": row["pos_image"], "dataset": dataset}
+
+    (root / "train" / "Set").mkdir(parents=True)
+    other = root / "train" / "Other.jsonl"  # dataset "Other" (its name), read first
+    other.write_text(json.dumps(a) + "\n" + json.dumps(a) + "\n")  # 1: duplicate of row 0
+    first = root / "train" / "Set" / "train-00000.jsonl"  # dataset "Set" (its folder)
+    first.write_text("\n".join(json.dumps(r) for r in [
+        a,                                   # 0: kept (the same pair as Other.jsonl's, another dataset)
+        b,                                   # 1
+        a,                                   # 2: duplicate of row 0
+        a | {"query_image": "missing.png"},  # 3: bad image
+        a | {"query_image": "missing.png"},  # 4: bad image again: its own reason, no duplicate
+        a | {"dataset": "Other"},            # 5: duplicate of Other.jsonl row 0
+    ]) + "\n\n" + json.dumps(b) + "\n")     # 7 (line 6 is blank): duplicate of row 1
+    second = root / "train" / "Set" / "train-00001.parquet"
+    # 0: kept; 1: duplicate of train-00000 row 0; 2: of row 0 here; 3: kept (dataset Other);
+    # 4: duplicate of Other.jsonl row 0
+    pq.write_table(pa.Table.from_pylist([mmeb(c), mmeb(a), mmeb(c), mmeb(b, "Other"), mmeb(a, "Other")]), second)
+    return other, first, second
+
+
+def test_duplicate_pairs_within_and_across_files_are_quarantined_naming_the_first(root):
+    """A good row whose (dataset, query_id, pos_id) an earlier row has (file order, then row
+    order) is quarantined naming that row; the same pair in another dataset is no duplicate."""
+    other, first, second = write_duplicates_corpus(root)
+    pairs, quarantine, counts = ingest_without_ray(str(root / "train"), root)
+    o, f, s = str(other), str(first), str(second)
+    assert sorted((r["source"], r["row_index"]) for r in pairs.to_pylist()) == sorted(
+        [(o, 0), (f, 0), (f, 1), (s, 0), (s, 3)])
+    duplicates = sorted((q["source"], q["row_index"], q["field"], q["reason"]) for q in quarantine
+                        if q["reason"].startswith("duplicate"))
+    assert duplicates == sorted([
+        (o, 1, "<row>", f"duplicate of {o} row 0"),
+        (f, 2, "<row>", f"duplicate of {f} row 0"),
+        (f, 5, "<row>", f"duplicate of {o} row 0"),
+        (f, 7, "<row>", f"duplicate of {f} row 1"),
+        (s, 1, "<row>", f"duplicate of {f} row 0"),
+        (s, 2, "<row>", f"duplicate of {s} row 0"),
+        (s, 4, "<row>", f"duplicate of {o} row 0"),
+    ])
+    assert sorted((q["source"], q["row_index"], q["field"]) for q in quarantine
+                  if not q["reason"].startswith("duplicate")) == [(f, 3, "query_image"), (f, 4, "query_image")]
+    assert counts == {"input_rows": 14, "good_rows": 5, "quarantined_rows": 9, "duplicates": 7}
+    # The decision is global: blocks arriving in another order change nothing.
+    again = ingest_without_ray(str(root / "train"), root, reverse_blocks=True)
+    assert sorted(again[1], key=lambda q: (q["source"], q["row_index"])) == sorted(
+        quarantine, key=lambda q: (q["source"], q["row_index"]))
+    assert again[2] == counts
+
+
+def test_find_duplicates_is_independent_of_row_order():
+    from unime.pipeline.ingest import find_duplicates
+
+    keys = pa.table({"dataset": ["D", "D", "E", "D", "D", "E"], "query_id": ["q", "q", "q", "q", "r", "q"],
+                     "pos_id": ["p", "p", "p", "p", "p", "p"], "file_index": [1, 0, 0, 1, 0, 2],
+                     "row_index": [0, 9, 3, 5, 1, 0]})
+    expected = {(1, 0): (0, 9), (1, 5): (0, 9), (2, 0): (0, 3)}
+    assert find_duplicates(keys) == expected
+    assert find_duplicates(keys.take([5, 3, 1, 0, 4, 2])) == expected
+    assert find_duplicates(keys.slice(0, 0)) == {}
+
+
+def test_the_mixed_bad_file_with_duplicates_reconciles_through_ingest(root):
+    """Every bad kind and exact repeats in one file: input = written + quarantined, the
+    repeats counted as duplicates, each bad row keeping its own reason (a repeated bad row
+    is bad, not a duplicate)."""
+    lines = [json.dumps(GOOD)] + [line for line, _, _ in BAD_LINES] + [json.dumps(GOOD | {"pos_text": "b"})]
+    repeats = [json.dumps(GOOD), BAD_LINES[0][0], json.dumps(GOOD | {"pos_text": "b"}), json.dumps(GOOD)]
+    (root / "set.jsonl").write_bytes("\n".join(lines + repeats).encode() + b"\n" + NON_UTF8_LINE + b"\n")
+    pairs, quarantine, counts = ingest_without_ray(str(root / "set.jsonl"), root, ImageLimits(max_pixels=10_000))
+    total = len(lines) + len(repeats) + 1
+    assert counts == {"input_rows": total, "good_rows": 2, "quarantined_rows": total - 2, "duplicates": 3}
+    assert pairs["row_index"].to_pylist() == [0, len(lines) - 1]
+    by_row = {q["row_index"]: q for q in quarantine}
+    for offset, (_, field, reason) in enumerate(BAD_LINES, start=1):
+        assert by_row[offset]["field"] == field and reason in by_row[offset]["reason"], by_row[offset]
+    source = str(root / "set.jsonl")
+    n = len(lines)
+    assert [(by_row[n + k]["field"], by_row[n + k]["reason"]) for k in range(len(repeats))] == [
+        ("<row>", f"duplicate of {source} row 0"), ("query_image", by_row[1]["reason"]),
+        ("<row>", f"duplicate of {source} row {n - 1}"), ("<row>", f"duplicate of {source} row 0")]
+    assert "not valid UTF-8" in by_row[total - 1]["reason"]
