@@ -55,7 +55,7 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not demo"
 
-# make demo's run and its ground-truth checks as a test (not yet in make test: see README)
+# make demo's run and its ground-truth checks as a test (not yet in make test: see docs/testing.md)
 test-demo: setup
 	$(PY) -m pytest -q -ra -m demo
 

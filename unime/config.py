@@ -433,7 +433,7 @@ class RerankerTrainConfig(TrainPlacement):
     # SFT). "yes_no": cross-entropy of P(Yes) against P(No), the two logits the judge reads
     # (pairwise chats only). A model trained from random init under "next_token" spends its
     # first steps raising "Yes"/"No" above the vocabulary through the prompt's constant part,
-    # which drowns the image and candidate in the last hidden state (README, method experiment).
+    # which drowns the image and candidate in the last hidden state (docs/method-experiment.md).
     answer_loss: Literal["next_token", "yes_no"] = "next_token"
     # gradient-norm clipping before each optimiser step (None: off)
     max_grad_norm: float | None = None

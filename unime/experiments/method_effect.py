@@ -468,7 +468,7 @@ def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe,
     if answer_loss == "yes_no":
         # (positive, negative) chats of one query stay in one batch: the query's own pull on
         # P(Yes) then cancels within the batch. Shuffled apart, a judge trained from random
-        # init stayed at chance (held-out AUC 0.49 against 0.92, README).
+        # init stayed at chance (held-out AUC 0.49 against 0.92, one-off probe; docs/method-experiment.md).
         examples, group = [row for row in examples if row["kind"] == "pairwise"], 2
     trainer = RerankerTrainer(str(checkpoint), train, max_steps=recipe.steps, image_root=str(image_root), seed=seed,
                               min_pixels=min_pixels, max_pixels=max_pixels)
