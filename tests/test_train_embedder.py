@@ -97,14 +97,23 @@ def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, un
     np.testing.assert_allclose(resumed["losses"], reference["losses"], rtol=1e-5)
 
 
+def first_step_gradients(state: dict) -> dict[int, torch.Tensor]:
+    """The gradient each parameter had at the first optimiser step, read back from AdamW's
+    first moment (``exp_avg = (1 - beta1) * grad`` after one step, no clipping): a gradient
+    comparison through Ray Train, where the weights after one AdamW step only show signs."""
+    beta1 = state["param_groups"][0]["betas"][0]
+    return {index: moments["exp_avg"] / (1 - beta1) for index, moments in state["state"].items()}
+
+
 def test_two_workers_match_one(demo_dir, tiny_dir, mined, tmp_path):
-    """2 workers x B/2 queries make the same update as 1 worker x B (DDP averages gradients)."""
+    """2 workers x B/2 queries give the gradient of 1 worker x B (DDP averages gradients)."""
     common = ["train_embedder.max_steps=1", "train_embedder.checkpoint_every=1", "train_embedder.lora_dropout=0.0",
               "train_embedder.warmup_steps=0"]
-    weights = {}
+    states = {}
     for workers, per_worker in ((1, 8), (2, 4)):
         config = train_config(demo_dir, tiny_dir, mined, tmp_path / f"w{workers}", *common,
                               f"train_embedder.num_workers={workers}", f"train_embedder.queries_per_worker={per_worker}")
+        assert config.train_embedder.max_grad_norm is None  # a clipped gradient would hide a scale error
         records = pq.read_table(mine.output_paths(str(config.run_dir))["mined_table"])
         assert records.num_rows >= 8
         # one step over exactly the same 8 examples
@@ -113,10 +122,16 @@ def test_two_workers_match_one(demo_dir, tiny_dir, mined, tmp_path):
         examples = training_examples(records.slice(0, 8), 3)
         result = train_embedder.make_trainer(config, ray.data.from_arrow(examples), name=f"ddp{workers}").fit()
         with result.checkpoint.as_directory() as folder:
-            weights[workers] = torch.load(f"{folder}/state.pt", weights_only=False)["weights"]
-    assert weights[1].keys() == weights[2].keys()
-    for name in weights[1]:
-        torch.testing.assert_close(weights[1][name], weights[2][name], atol=1e-6, rtol=1e-4)
+            states[workers] = torch.load(f"{folder}/state.pt", weights_only=False)
+    one, two = (first_step_gradients(states[w]["optimizer"]) for w in (1, 2))
+    assert one.keys() == two.keys() and len(one) > 10
+    # LoRA's A matrices get no gradient while B is still zero; the B matrices must
+    assert sum(float(grad.abs().sum()) > 0 for grad in one.values()) >= len(one) // 2
+    for index in one:  # float32 sums in another order: a tolerance scaled to each tensor
+        scale = float(one[index].abs().max())
+        torch.testing.assert_close(two[index], one[index], atol=1e-4 * scale, rtol=1e-4)
+    for name in states[1]["weights"]:  # and so the same update
+        torch.testing.assert_close(states[2]["weights"][name], states[1]["weights"][name], atol=1e-6, rtol=1e-4)
 
 
 def test_trainer_without_ray_steps_and_resumes(demo_dir, tiny_dir, mined, tmp_path):

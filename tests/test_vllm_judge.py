@@ -23,7 +23,6 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def vllm_judge(tiny_dir):
-    pytest.importorskip("vllm")
     import gc
 
     from unime.judge.vllm_backend import VLLMJudge
@@ -68,7 +67,6 @@ def test_vllm_prompt_is_the_hf_prompt(vllm_judge, tiny_dir):
 
 
 def test_judge_stage_on_vllm_in_ray_actors(ray_cluster, demo_dir, tiny_dir, tmp_path):
-    pytest.importorskip("vllm")
     from tests.helpers import STAGES, mining_config
 
     config = mining_config(demo_dir, tiny_dir, tmp_path, f"data.train=[{demo_dir}/train/DemoShapeCls]",

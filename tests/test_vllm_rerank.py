@@ -19,7 +19,6 @@ TOLERANCE = 1e-4  # see tests/test_vllm_judge.py: same weights, prompts and pixe
 
 @pytest.fixture(scope="module")
 def rerankers(tiny_dir):
-    pytest.importorskip("vllm")
     with restored_environment():
         hf = Reranker(str(tiny_dir / "reranker"), backend="hf", device="cpu")
         vllm = Reranker(str(tiny_dir / "reranker"), backend="vllm", max_model_len=2048, kv_cache_gib=1)
