@@ -30,3 +30,17 @@ def test_gpu_check_at_toy_shapes_on_cuda(capsys):
     assert load_script("bench/gpu_check.py").main(["--tiny"]) == 0
     out = capsys.readouterr().out
     assert "fits (peak memory" in out and ": ok" in out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_resumed_trainer_draws_the_same_cuda_random_numbers(tiny_dir, tmp_path):
+    """LoRA dropout on a GPU draws from the device's generator: a checkpoint restores it."""
+    from unime.config import EmbedderTrainConfig
+    from unime.train.embedder import EmbedderTrainer
+
+    trainer = EmbedderTrainer(str(tiny_dir / "embedder"), EmbedderTrainConfig(max_steps=1), device="cuda")
+    trainer.save_state(tmp_path)
+    expected = torch.rand(8, device="cuda")
+    trainer.load_state(tmp_path)
+    assert torch.equal(torch.rand(8, device="cuda"), expected)

@@ -98,8 +98,35 @@ def test_tiny_embedder_gradcache_matches_plain(tiny_dir, input_format):
         assert torch.allclose(plain_grads[name], cached_grads[name], atol=1e-5, rtol=1e-3), name
 
 
+def gradients_at_the_optimiser_step(trainer) -> dict[str, torch.Tensor]:
+    """A dict that the trainer's next step fills with its trainable gradients as the optimiser
+    is about to use them (after backward and clipping, before any weight moves)."""
+    captured: dict[str, torch.Tensor] = {}
+    named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+
+    def capture(_optimizer, _args, _kwargs):
+        captured.update({n: p.grad.detach().clone() for n, p in named if p.grad is not None})
+    trainer.optimizer.register_step_pre_hook(capture)
+    return captured
+
+
+def count_forwards(module: torch.nn.Module) -> list[int]:
+    """Grows by one on every run of ``module.forward``, a checkpointed recomputation included
+    (which forward hooks do not see)."""
+    runs, forward = [], module.forward
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return forward(*args, **kwargs)
+    module.forward = counted
+    return runs
+
+
 def test_gradient_checkpointing_keeps_gradients(tiny_dir):
-    """Recomputing activations in backward (gradient checkpointing) changes memory, not math."""
+    """Recomputing activations in backward (gradient checkpointing) changes memory, not math:
+    the loss and every trainable gradient of the trainer's own step are unchanged. Gradients,
+    not weights after the step: AdamW's first step moves each weight by about lr * sign(g), so
+    a mis-scaled gradient would leave the weights as they were."""
     from unime.config import EmbedderTrainConfig
     from unime.train.embedder import EmbedderTrainer
 
@@ -110,9 +137,27 @@ def test_gradient_checkpointing_keeps_gradients(tiny_dir):
     for checkpointing in (False, True):
         config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=0,
                                      gradient_checkpointing=checkpointing)
-        trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu")
+        trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0)
+        assert trainer.model.is_gradient_checkpointing == checkpointing
+        # LoRA's B starts at zero, which leaves every A without a gradient: the same random
+        # adapters in both runs, so that every trainable tensor has one to compare
+        generator = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if param.requires_grad and "lora_B" in name:
+                    param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+        forwards = count_forwards(next(m for m in trainer.model.modules()
+                                       if type(m).__name__ == "Qwen2VLDecoderLayer"))
+        grads = gradients_at_the_optimiser_step(trainer)
         loss = trainer.step(batch)
-        results.append((loss, trainer.trainable_state()))
-    assert results[0][0] == results[1][0]
-    for name, value in results[0][1].items():
-        assert torch.allclose(value, results[1][1][name], atol=1e-6), name
+        assert grads.keys() == trainer.trainable_state().keys()
+        results.append((loss, grads, len(forwards)))
+    (plain_loss, plain, plain_forwards), (checkpointed_loss, checkpointed, checkpointed_forwards) = results
+    # queries and candidates: one forward each, and checkpointing recomputes both in backward
+    assert (plain_forwards, checkpointed_forwards) == (2, 4)
+    assert checkpointed_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    assert all(float(g.abs().max()) > 0 for g in plain.values())  # A, B and DoRA magnitudes
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-7, rtol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")

@@ -70,7 +70,7 @@ def info_nce(query_emb: torch.Tensor, cand_emb: torch.Tensor, temperature: float
     return F.cross_entropy(_full_precision(logits) / temperature, targets)
 
 
-def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy on the answer tokens only (the reranker's SFT loss).
 
     ``labels`` equals ``input_ids`` on answer tokens and :data:`IGNORE_INDEX` on every prompt
@@ -79,18 +79,21 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     Args:
         logits: ``[B, L, V]`` model outputs.
         labels: ``[B, L]`` targets with prompt tokens masked.
+        reduction: ``"mean"`` over the answer tokens, or their ``"sum"`` (to divide by the
+            answer tokens of a whole accumulated batch).
 
     Returns:
-        Mean cross-entropy over the unmasked (answer) tokens.
+        The cross-entropy over the unmasked (answer) tokens, reduced.
     """
     shifted_logits = _full_precision(logits[:, :-1].reshape(-1, logits.shape[-1]))
     shifted_labels = labels[:, 1:].reshape(-1)
     if not (shifted_labels != IGNORE_INDEX).any():
         raise ValueError("no answer tokens to train on: every label is masked")
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
-def choice_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, choice_ids: list[int]) -> torch.Tensor:
+def choice_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, choice_ids: list[int],
+                         reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy over a closed set of one-token answers (the judge's "Yes" against "No").
 
     For row ``i`` whose answer starts at position ``k_i`` (its first unmasked label)::
@@ -104,9 +107,10 @@ def choice_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, choice_ids:
         logits: ``[B, L, V]`` model outputs.
         labels: ``[B, L]`` targets with prompt tokens masked (as for :func:`answer_cross_entropy`).
         choice_ids: token ids of the allowed answers; every row's first answer token must be one.
+        reduction: ``"mean"`` over the ``B`` rows, or their ``"sum"``.
 
     Returns:
-        Mean cross-entropy over the ``B`` rows.
+        The cross-entropy over the ``B`` rows, reduced.
     """
     answered = labels != IGNORE_INDEX
     if not answered.any(dim=1).all():
@@ -120,4 +124,4 @@ def choice_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, choice_ids:
         bad = (~matches.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"rows {bad}: first answer token {answers[bad].tolist()} is not one of the choices {choice_ids}")
     choice_logits = _full_precision(logits[rows, first - 1][:, choices])
-    return F.cross_entropy(choice_logits, matches.int().argmax(dim=1))
+    return F.cross_entropy(choice_logits, matches.int().argmax(dim=1), reduction=reduction)

@@ -69,8 +69,11 @@ class TrainerBase:
     def save_state(self, folder: str | Path) -> None:
         """Everything a resume needs: trainable weights, optimiser, scheduler, RNG, data position."""
         folder = Path(folder)
+        # on a GPU, dropout draws from the device's generator: a resume needs its state too
+        cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
         torch.save({"weights": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}, folder / "state.pt")
+                    "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": cuda_rng}, folder / "state.pt")
         (folder / "progress.json").write_text(json.dumps({
             "step": self.step_count, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
             "losses": self.losses, "resumed_at": self.resumed_at, "skipped_examples": self.skipped_examples}))
@@ -87,6 +90,8 @@ class TrainerBase:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
         progress = json.loads((folder / "progress.json").read_text())
         self.step_count, self.epoch = progress["step"], progress["epoch"]
         self.batches_in_epoch, self.losses = progress["batches_in_epoch"], progress["losses"]

@@ -5,10 +5,17 @@ hard negative -> "No", listwise over the first five hard negatives with the posi
 random position -> "Ans: (k)"), trained with next-token cross-entropy on the answer tokens
 only. LoRA on the language model's projections, vision tower frozen, AdamW with cosine decay
 after a warm-up, gradient accumulation up to the effective batch.
+
+A step's loss is the mean over every answer token of the worker's share of the effective
+batch (``answer_loss: yes_no``: over every row), however the micro-batches split it: each
+micro-batch's summed loss is divided by the share's total, counted before the first forward.
+That is the Hugging Face Trainer's ``num_items_in_batch`` rule; a mean per micro-batch
+divided by the number of micro-batches would weigh a token by the size of its micro-batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pyarrow as pa
@@ -125,13 +132,24 @@ class RerankerTrainer(TrainerBase):
         return encode_with_answers(self.processor, [chats[k] for k in kept], [answers[k] for k in kept]) if kept else None
 
     def micro_loss(self, rows: list[dict]) -> torch.Tensor | None:
+        """The mean loss over the answer targets of ``rows``; None if every row is over budget."""
+        batch = self.encode(self.checked(rows))
+        return None if batch is None else self.summed_loss(batch) / self.target_count(batch)
+
+    def checked(self, rows: list[dict]) -> list[dict]:
         if self.config.answer_loss == "yes_no":
             other = next((r["kind"] for r in rows if r["kind"] != "pairwise"), None)
             if other is not None:
                 raise ValueError(f"answer_loss=yes_no trains pairwise chats only; got a {other!r} row")
-        batch = self.encode(rows)
-        if batch is None:
-            return None
+        return rows
+
+    def target_count(self, batch: dict) -> int:
+        """What the loss averages over: answer tokens (their predicting positions), or rows."""
+        if self.config.answer_loss == "yes_no":
+            return int(batch["labels"].shape[0])
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def summed_loss(self, batch: dict) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         # Answers end every (left-padded) row: the LM head runs on the positions that predict
@@ -140,22 +158,26 @@ class RerankerTrainer(TrainerBase):
         logits = self.module(**batch, use_cache=False, logits_to_keep=keep).logits
         labels = labels[:, -keep:]
         if self.config.answer_loss == "yes_no":
-            return choice_cross_entropy(logits, labels, self.choice_ids)
-        return answer_cross_entropy(logits, labels)
+            return choice_cross_entropy(logits, labels, self.choice_ids, reduction="sum")
+        return answer_cross_entropy(logits, labels, reduction="sum")
 
     def step(self, batch: dict) -> float:
         """One optimiser step over ``effective_batch / workers`` rows, in micro-batches."""
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        rows = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()} for r in rows]
+        rows = self.checked([{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()} for r in rows])
         self.optimizer.zero_grad(set_to_none=True)
         size = self.config.micro_batch_size
+        # a micro-batch whose every example is over the token budget is None: nothing to learn
+        encoded = [b for b in (self.encode(rows[s: s + size]) for s in range(0, len(rows), size)) if b is not None]
+        targets = sum(self.target_count(b) for b in encoded)
         total = 0.0
-        for start in range(0, len(rows), size):
-            loss = self.micro_loss(rows[start: start + size])
-            if loss is None:  # every example of the micro-batch over the token budget
-                continue
-            loss = loss / self.accumulation
-            loss.backward()
+        for index, micro_batch in enumerate(encoded):
+            # DDP all-reduces the accumulated gradients once, after the last micro-batch
+            last = index == len(encoded) - 1
+            no_sync = getattr(self.module, "no_sync", None)
+            with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
+                loss = self.summed_loss(micro_batch) / targets
+                loss.backward()
             total += float(loss.detach())
         self.clip_gradients(self.config.max_grad_norm)
         self.optimizer.step()
