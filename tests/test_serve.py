@@ -407,3 +407,74 @@ def test_overload_is_shed_with_503_and_retry_after_and_the_app_recovers(base_url
     assert all(retry is not None and int(retry) >= 1 for status, retry in answers if status == 503)
     assert requests.get(base_url + "/healthz", timeout=10).status_code == 200
     assert post(base_url, "/v1/search", {"query": {"text": "a red circle"}, "rerank": False}).status_code == 200
+
+
+def replica_memory() -> dict[str, int]:
+    """Resident memory (bytes) of every running replica of the app, by deployment and pid (the
+    controller's own account of its replicas, which needs no dashboard)."""
+    import psutil
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployments = details["applications"]["unime"]["deployments"]
+    return {f"{name}/{replica['pid']}": psutil.Process(replica["pid"]).memory_info().rss
+            for name, deployment in deployments.items() for replica in deployment["replicas"]
+            if replica["state"] == "RUNNING"}
+
+
+SOAK_VALID = [
+    ("/v1/search", {"query": {"text": "two red circles"}, "rerank": False}),
+    ("/v1/search", {"query": {"text": "blue squares"}, "top_k": 5, "rerank": True, "rerank_k": 3}),
+    ("/v1/embeddings", {"input": ["a red circle", "green triangles"], "model": "unime"}),
+    ("/v1/rerank", {"query": {"text": "a red circle"}, "documents": [{"text": "red circle"}, {"text": "blue"}]}),
+]
+SOAK_MALFORMED = [
+    ("/v1/search", {"query": {"text": "red \ud800 circles"}}),
+    ("/v1/search", {"query": {"image": png_data_url((1, 300))}}),
+    ("/v1/search", {"query": {"text": "x"}, "instruction": "y" * 200_000}),
+    ("/v1/search", {"query": {"text": 5}}),
+    ("/v1/embeddings", {"input": [], "model": "unime"}),
+    ("/v1/rerank", {"query": {"text": "x"}, "documents": []}),
+    ("/v1/search", "{not json"),
+]
+
+
+def test_a_minute_of_mixed_valid_and_malformed_traffic_gives_no_5xx_and_bounded_memory(base_url):
+    """5000 requests or 60 s, whichever ends first, from 8 threads, one in three malformed:
+    every valid request 200 (or a deliberate 503/504 shed), every malformed one a 4xx, and no
+    replica's resident memory grows by more than half (both printed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = replica_memory()
+    assert before, "no Serve replica found"
+    deadline = time.monotonic() + 60
+
+    def send(k: int) -> tuple[bool, int] | None:
+        if time.monotonic() > deadline:
+            return None
+        valid = k % 3 != 2
+        route, payload = SOAK_VALID[k % 4] if valid else SOAK_MALFORMED[k % len(SOAK_MALFORMED)]
+        if isinstance(payload, str):
+            response = requests.post(base_url + route, data=payload, timeout=60,
+                                     headers=KEY | {"Content-Type": "application/json"})
+        else:
+            response = post(base_url, route, payload)
+        return valid, response.status_code
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for a in pool.map(send, range(5000)) if a is not None]
+    seconds = time.monotonic() - started
+    after = replica_memory()
+    print(f"soak: {len(answers)} requests in {seconds:.0f} s")
+    for name in sorted(before):
+        print(f"  {name}: RSS {before[name] / 2**20:.0f} MiB -> {after.get(name, 0) / 2**20:.0f} MiB")
+    valid = [status for ok, status in answers if ok]
+    malformed = [status for ok, status in answers if not ok]
+    assert len(answers) >= 500 and valid.count(200) >= len(valid) // 2
+    assert set(valid) <= {200, 503, 504}, sorted(set(valid))
+    assert all(400 <= status < 500 for status in malformed), sorted(set(malformed))
+    assert after.keys() == before.keys(), "a replica died or was replaced during the soak"
+    for name, rss in before.items():
+        assert after[name] < 1.5 * rss, (name, rss, after[name])
+    assert post(base_url, "/v1/search", {"query": {"text": "a red circle"}, "rerank": False}).status_code == 200
