@@ -161,3 +161,37 @@ def test_gradient_checkpointing_keeps_gradients(tiny_dir):
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-7, rtol=1e-5,
                                    msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_the_trainers_gradcache_step_collates_each_chunk_once_and_keeps_the_plain_gradients(tiny_dir, demo_dir):
+    """The trainer's own step, images among the items: GradCache (chunks of 2) gives the plain
+    step's loss and gradients, and its two forwards share one collation per chunk."""
+    from unime.config import EmbedderTrainConfig
+    from unime.train.embedder import EmbedderTrainer
+
+    image = "images/train/scene_00000.png"
+    batch = {"query_text": ["<|image_1|>\nRepresent the given image.\n", "what colour?"], "query_image": [image, ""],
+             "cand_texts": [["x", "<|image_1|>\n", "z"], ["u", "v", "w"]],
+             "cand_images": [["", image, ""], ["", "", ""]], "judge_scores": [[0.9, 0.2, 0.4], [0.8, 0.1, 0.3]]}
+    results = []
+    for chunk in (0, 2):
+        config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=chunk)
+        trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0, image_root=str(demo_dir))
+        generator = torch.Generator().manual_seed(5)
+        with torch.no_grad():  # random adapters, so that every trainable tensor has a gradient
+            for name, param in trainer.model.named_parameters():
+                if param.requires_grad and "lora_B" in name:
+                    param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+        collations, collate = [], trainer.embedder.collate
+        trainer.embedder.collate = lambda items, log=collations, real=collate, **kw: (
+            log.append(len(items)) or real(items, **kw))
+        grads = gradients_at_the_optimiser_step(trainer)
+        results.append((trainer.step(batch), grads, collations))
+    (plain_loss, plain, plain_collations), (cached_loss, cached, cached_collations) = results
+    assert plain_collations == [2, 6]
+    assert cached_collations == [2, 2, 2, 2]  # 1 query chunk + 3 candidate chunks, once each
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain.keys() == cached.keys() and all(float(g.abs().max()) > 0 for g in plain.values())
+    for name, grad in plain.items():  # chunks pad to their own longest item: float noise, scaled
+        torch.testing.assert_close(cached[name], grad, atol=1e-3 * float(grad.abs().max()), rtol=1e-3,
+                                   msg=lambda m, n=name: f"{n}: {m}")

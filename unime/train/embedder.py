@@ -85,8 +85,14 @@ class EmbedderTrainer(TrainerBase):
         return contextlib.nullcontext()
 
     def embed(self, items) -> torch.Tensor:
+        return self.embed_collated(self.collate(items))
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        return self.embedder.collate(list(items))
+
+    def embed_collated(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._autocast():
-            return self.module(**self.embedder.collate(list(items)))
+            return self.module(**batch)
 
     def items(self, texts, images) -> list[EmbedItem]:
         return [EmbedItem(str(text), self.images.get(str(image)) if image else None) for text, image in zip(texts, images)]
@@ -124,7 +130,9 @@ class EmbedderTrainer(TrainerBase):
         chunk = self.config.gradcache_chunk
         if chunk and chunk < len(candidates):
             no_sync = getattr(self.module, "no_sync", None)
-            loss = gradcache_step(self.embed, queries, candidates, self.loss_fn(judge), chunk, no_sync)
+            # each chunk collated once: the re-forward with a graph reuses its tensors
+            loss = gradcache_step(self.embed_collated, queries, candidates, self.loss_fn(judge), chunk, no_sync,
+                                  prepare=self.collate)
         else:
             loss = plain_step(self.embed, queries, candidates, self.loss_fn(judge))
         self.clip_gradients(self.config.max_grad_norm)

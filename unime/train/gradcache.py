@@ -49,9 +49,15 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
 
-def embed_without_graph(embed: EmbedFn, items: Sequence[Any], chunk_size: int
-                        ) -> tuple[torch.Tensor, list[RandomState], list[Sequence[Any]]]:
-    parts, states, pieces = [], [], chunks(items, chunk_size)
+def embed_without_graph(embed: EmbedFn, items: Sequence[Any], chunk_size: int,
+                        prepare: Callable[[Sequence[Any]], Any] | None = None
+                        ) -> tuple[torch.Tensor, list[RandomState], list[Any]]:
+    """Embeddings of every chunk of ``items``, the RNG state before each, and the chunks as
+    ``embed`` takes them (``prepare``d once each, so the re-forward reuses them)."""
+    pieces = chunks(items, chunk_size)
+    if prepare is not None:
+        pieces = [prepare(piece) for piece in pieces]
+    parts, states = [], []
     with torch.no_grad():
         for piece in pieces:
             states.append(RandomState())
@@ -69,21 +75,26 @@ def plain_step(embed: EmbedFn, queries: Sequence[Any], candidates: Sequence[Any]
 
 def gradcache_step(embed: EmbedFn, queries: Sequence[Any], candidates: Sequence[Any],
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk_size: int,
-                   no_sync: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+                   no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+                   prepare: Callable[[Sequence[Any]], Any] | None = None) -> torch.Tensor:
     """One GradCache step; accumulates parameter gradients like ``plain_step``.
 
     Args:
-        embed: maps a sequence of items to ``[n, D]`` embeddings (differentiable).
+        embed: maps a chunk (its items, or what ``prepare`` made of them) to ``[n, D]``
+            embeddings (differentiable).
         queries, candidates: the step's items; ``loss_fn`` sees their embeddings in order.
         loss_fn: ``(query_embeddings, candidate_embeddings) -> scalar``.
         chunk_size: items per sub-batch forward.
         no_sync: DDP's ``model.no_sync``: gradients are all-reduced once, on the last chunk.
+        prepare: turns a chunk of items into what ``embed`` takes (e.g. the processor's
+            collation); run once per chunk, its output serves both forwards. Without it,
+            ``embed`` takes the items themselves.
 
     Returns:
         The loss (detached).
     """
-    query_reps, query_states, query_chunks = embed_without_graph(embed, queries, chunk_size)
-    cand_reps, cand_states, cand_chunks = embed_without_graph(embed, candidates, chunk_size)
+    query_reps, query_states, query_chunks = embed_without_graph(embed, queries, chunk_size, prepare)
+    cand_reps, cand_states, cand_chunks = embed_without_graph(embed, candidates, chunk_size, prepare)
     query_reps.requires_grad_()
     cand_reps.requires_grad_()
     loss = loss_fn(query_reps, cand_reps)
