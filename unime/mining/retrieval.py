@@ -25,6 +25,8 @@ class IndexSpec:
     nprobe: int = 64
     use_gpu: bool | None = None  # None: on when CUDA and faiss GPU support are both present
     train_size: int = 262_144
+    # k-means passes of the coarse quantiser's training (FAISS's own default is 25)
+    train_iterations: int = 25
     # the widest search one index call makes (None: GPU_MAX_K on a GPU, unbounded on the CPU);
     # queries that need a wider one are finished on the index's CPU copy
     max_search_k: int | None = None
@@ -157,7 +159,8 @@ def uniform_sample(candidates: ShardSource, size: int, seed: int = 0) -> tuple[n
     return kept, total
 
 
-def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
+def build_ivf(candidates: ShardSource, spec: IndexSpec):
+    """An IVF-flat inner-product index over every shard (on the CPU), ``nprobe`` set."""
     import faiss
 
     # The coarse quantiser learns from a uniform sample of the whole pool: shards come sorted
@@ -167,12 +170,22 @@ def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
     nlist = max(1, min(spec.nlist, len(sample) // 39))  # FAISS wants >= 39 training points per list
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist,
                                faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = spec.train_iterations
     index.train(sample)
     for shard in _shards(candidates):  # a second pass: shard loaders run again
         index.add(_f32(shard))
     index.nprobe = min(spec.nprobe, index.nlist)
+    return index
+
+
+def search_ivf(index, queries, pos_sims, pos_rows, k: int, spec: IndexSpec) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`retrieve_pool`'s search on a :func:`build_ivf` index."""
     placed, max_width = _placed(index, spec)
     return _search_below(placed, queries, pos_sims, pos_rows, 0, k, max_width, index)
+
+
+def _ivf(queries, candidates, pos_sims, pos_rows, k, spec):
+    return search_ivf(build_ivf(candidates, spec), queries, pos_sims, pos_rows, k, spec)
 
 
 def retrieve_pool(query_embeddings: np.ndarray, candidate_embeddings: ShardSource, positive_ids,
