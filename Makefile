@@ -28,7 +28,8 @@ $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 $(TINY)/manifest.json: $(SETUP_STAMP) unime/tiny.py unime/demo_data.py unime/prompts.py
 	$(PY) -m unime.tiny build $(TINY)
 
-$(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo_data.py
+# unime/config.py: the corpus's defaults (DemoCorpusConfig) live there, beside demo.corpus
+$(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo_data.py unime/config.py
 	rm -rf $(DEMO_DATA)
 	$(PY) -m unime.demo_data $(DEMO_DATA)
 

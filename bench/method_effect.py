@@ -222,8 +222,8 @@ def fine_tune(exp: Experiment, base: Path, arm: str, seed: int, records: list[di
 
 
 def run(config: me.MethodEffectConfig) -> dict:
+    from unime.demo_label_judge import LabelJudge
     from unime.judge import HFJudge
-    from unime.judge.label import LabelJudge
 
     exp = setup(config)
     results: dict = {"config": asdict(config), "train_pairs": exp.pairs.num_rows, "arms": {},

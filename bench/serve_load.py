@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from unime import demo_data, tiny
     from unime.config import load_config
     from unime.pipeline import build_index, ingest
-    from unime.serving.deployments import build_app
+    from unime.pipeline.deploy import app_for_run
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             if batch_size == 16:
                 ingest.run(config.data, config.run_dir)
                 build_index.run(config)
-            serve.run(build_app(config), name="unime", route_prefix="/")
+            serve.run(app_for_run(config), name="unime", route_prefix="/")
             load(base + "/v1/search", search[:8], 4)  # warm-up
             if batch_size == 16:
                 rows["search, rerank off"] = load(base + "/v1/search", [p | {"rerank": False} for p in search],

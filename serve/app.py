@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 from unime.config import load_config
+from unime.pipeline.deploy import app_for_run
 from unime.pipeline.runner import absolute_local_paths
-from unime.serving.deployments import build_app
 
 
 def build(args: dict):
@@ -19,4 +19,4 @@ def build(args: dict):
     config = load_config(args.get("config", "configs/demo.yaml"),
                          overrides.split() if isinstance(overrides, str) else list(overrides))
     absolute_local_paths(config)
-    return build_app(config)
+    return app_for_run(config)

@@ -102,6 +102,25 @@ def test_pool_truth_marks_true_false_negatives(truth, demo_dir):
     assert pool_truth(pools, items, truth) == [[True, True, False]]
 
 
+def test_the_judge_stage_picks_the_label_judge_by_name(demo_dir):
+    """``judge.backend: label`` is the judge stage's (demo scaffolding); the judge library's own
+    factory knows only the MLLM backends."""
+    from unime.demo_label_judge import LabelJudge
+    from unime.judge import make_judge
+    from unime.pipeline.judge import make_stage_judge
+
+    judge = make_stage_judge("label", str(demo_dir), storage_options=None)
+    assert isinstance(judge, LabelJudge) and judge.needs_pixels is False
+    row = pq.read_table(demo_dir / "train" / "DemoI2T" / "train-00000.parquet").to_pylist()[0]
+    other = Scene("circle" if judge.truth.scene(row["qry_image_path"]).shape != "circle" else "square",
+                  "red", 1, "left").caption(2)
+    pairs = [(row["qry"], row["qry_image_path"], row["pos_text"], row["pos_image_path"]),
+             (row["qry"], row["qry_image_path"], other, "")]
+    assert judge.score(pairs).tolist() == [0.95, 0.05]
+    with pytest.raises(ValueError, match="make_stage_judge"):
+        make_judge("label", str(demo_dir))
+
+
 @pytest.mark.integration
 def test_label_judge_filters_exactly_the_true_false_negatives(ray_cluster, demo_dir, tiny_dir, tmp_path, truth):
     """Mining with the label judge: the filter removes every true match from the pools and

@@ -38,7 +38,7 @@ def served(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
 
     from tests.helpers import mining_config
     from unime.pipeline import build_index, ingest
-    from unime.serving.deployments import build_app
+    from unime.pipeline.deploy import app_for_run
 
     run_dir = tmp_path_factory.mktemp("serve")
     config = mining_config(demo_dir, tiny_dir, run_dir, f"models.reranker={tiny_dir}/reranker", "serve.api_key=secret",
@@ -51,7 +51,7 @@ def served(ray_cluster, demo_dir, tiny_dir, tmp_path_factory):
     build_index.run(config)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name="unime", route_prefix="/")
+    serve.run(app_for_run(config), name="unime", route_prefix="/")
     yield f"http://127.0.0.1:{port}", config
     serve.shutdown()
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import yaml
 
 from unime.data.images import ImageLimits
-from unime.demo_data import DemoCorpusConfig
 from unime.models.recipes import InputFormat, Resolution
 
 
@@ -87,6 +86,22 @@ class RayConfig:
     metrics_export_port: int | None = None
     data_task_resources: dict[str, float] = field(default_factory=dict)
     runtime_env: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoCorpusConfig:
+    """What :func:`unime.demo_data.build` renders (deterministic for these values). Defined
+    here, not beside the renderer, because the pipeline config owns a ``demo.corpus`` section
+    and the config is library code that must not import the demo scaffolding."""
+
+    seed: int = 0
+    image_size: int = 64
+    train_images: int = 400
+    grounding_images: int = 150
+    eval_queries: int = 60
+    eval_candidates: int = 20
+    noisy_rows: bool = True
+    held_out_combos: int = 0
 
 
 @dataclass

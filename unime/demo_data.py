@@ -29,6 +29,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# DemoCorpusConfig lives in the config (which owns the ``demo.corpus`` section); re-exported
+# here for the callers that build a corpus with ``demo_data.DemoCorpusConfig(...)``
+from unime.config import DemoCorpusConfig
 from unime.prompts import MMEB_IMAGE_PLACEHOLDER as IMG
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -104,18 +107,6 @@ def held_out_combos(seed: int, count: int) -> set[tuple[str, str]]:
     if count > min(len(shapes), len(colours)):
         raise ValueError(f"held_out_combos={count}: at most {min(len(shapes), len(colours))}")
     return set(zip(shapes[:count], colours[:count]))
-
-
-@dataclass
-class DemoCorpusConfig:
-    seed: int = 0
-    image_size: int = 64
-    train_images: int = 400
-    grounding_images: int = 150
-    eval_queries: int = 60
-    eval_candidates: int = 20
-    noisy_rows: bool = True
-    held_out_combos: int = 0
 
 
 @dataclass

@@ -42,7 +42,7 @@ from unime.experiments.method_effect import JudgeRecipe, PretrainRecipe
 # manifest records its config, its renderer is demo_data.py)
 RECIPE_CODE = ("demo_models.py", "demo_data.py", "experiments/method_effect.py", "train", "losses.py", "tiny.py",
                "models/embedder.py", "models/loading.py", "models/processor.py", "models/recipes.py", "prompts.py", "judge/prompts.py", "judge/hf.py", "rerank/encoding.py", "rerank/prompts.py",
-               "data/images.py", "eval/harness.py", "eval/metrics.py")
+               "data/images.py", "data/ordering.py", "eval/harness.py", "eval/metrics.py")
 ROLES = ("chat", "embedder")
 SCORES = "unime_scores.json"  # in each checkpoint folder: what its model card says, for programs
 

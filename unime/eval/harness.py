@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 
 from unime.data.ids import item_id
+from unime.data.ordering import by_input_length
 from unime.eval import metrics
-from unime.pipeline.embed import IMAGE_LENGTH
 
 
 def eval_items(tables: dict[str, pa.Table], extra: list[tuple[str, str]] = ()) -> tuple[pa.Table, int]:
@@ -24,7 +24,12 @@ def eval_items(tables: dict[str, pa.Table], extra: list[tuple[str, str]] = ()) -
     for text, image in pairs:
         seen.setdefault(item_id(text, image), (text, image))
     references = len(pairs)
-    ids = sorted(seen, key=lambda i: (len(seen[i][0]) + (IMAGE_LENGTH if seen[i][1] else 0), i))
+    # the embed stage's order (unime.data.ordering), computed on typed columns; the table
+    # returned is built from the plain lists as before, so its schema does not change
+    keyed = pa.table({"id": pa.array(list(seen), pa.string()),
+                      "text": pa.array([text for text, _ in seen.values()], pa.string()),
+                      "image": pa.array([image for _, image in seen.values()], pa.string())})
+    ids = by_input_length(keyed)["id"].to_pylist()
     items = pa.table({"id": ids, "text": [seen[i][0] for i in ids], "image": [seen[i][1] for i in ids],
                       "is_candidate": [True] * len(ids)})
     return items, references

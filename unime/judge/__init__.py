@@ -1,9 +1,9 @@
 """MLLM-as-a-judge: the judge prompt and P(Yes) scoring of query-candidate pairs.
 
 Two MLLM backends behind one interface, ``score(chats) -> P(Yes) per chat``: ``hf``
-(transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching);
-and ``label``, the demo corpus's ground truth as a judge (an upper bound for experiments),
-which scores ``(query_text, query_image, candidate_text, candidate_image)`` path tuples.
+(transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching).
+The judge stage's third backend, ``label`` (the demo corpus's ground truth as a judge), is
+demo scaffolding and lives outside the library, in :mod:`unime.demo_label_judge`.
 """
 
 from unime.judge.hf import HFJudge, PromptTooLongError, p_yes, yes_no_token_ids
@@ -23,11 +23,8 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
         return VLLMJudge(name_or_path, dtype=dtype, max_model_len=options.get("max_model_len", 8192),
                          engine=options.get("engine"),
                          prefix_caching=options.get("prefix_caching", True), **inputs)
-    if backend == "label":
-        from unime.judge.label import LabelJudge
-
-        return LabelJudge(name_or_path, storage_options=options.get("storage_options"))
-    raise ValueError(f"unknown judge backend {backend!r}; expected 'hf', 'vllm' or 'label'")
+    raise ValueError(f"unknown judge backend {backend!r}; expected 'hf' or 'vllm' (the demo's 'label' "
+                     "backend is the judge stage's: unime.pipeline.judge.make_stage_judge)")
 
 
 __all__ = ["HFJudge", "PromptTooLongError", "build_judge_messages", "make_judge", "message_images", "p_yes",

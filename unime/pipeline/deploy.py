@@ -1,6 +1,6 @@
 """serve stage: deploy the retrieve-then-rerank app on this Ray cluster and try one search.
 
-Starts Serve on ``serve.host:serve.port``, deploys :func:`unime.serving.deployments.build_app`,
+Starts Serve on ``serve.host:serve.port``, deploys the run's app (:func:`app_for_run`),
 sends one example query over HTTP, reranked and not, and records both answers under
 ``<run_dir>/serve/`` (``example_search.json``, ``example_search_retrieval.json``). With
 ``serve.keep_running: false`` (the demo) the app is shut down afterwards; on a cluster it
@@ -14,8 +14,29 @@ import time
 
 from unime.config import PipelineConfig
 from unime.data.storage import join, write_bytes
+from unime.pipeline import build_index, manifest, train_embedder, train_reranker
 
 STAGE = "serve"
+
+
+def served_models(config: PipelineConfig) -> dict[str, str]:
+    """What the app serves for a run: ``serve.embedder`` / ``serve.reranker`` when set, else the
+    run's trained checkpoint once its training stage finished, else ``models.*``; and
+    ``serve.index_dir``, else the run's build_index output."""
+    run_dir, options, settings, models = config.run_dir, config.data.storage_options, config.serve, config.models
+    return {"embedder": manifest.trained_or(run_dir, train_embedder, settings.embedder, models.embedder, options),
+            "reranker": manifest.trained_or(run_dir, train_reranker, settings.reranker, models.reranker, options),
+            "index_dir": settings.index_dir or build_index.output_path(run_dir)}
+
+
+def app_for_run(config: PipelineConfig):
+    """The retrieve-then-rerank Serve application of a pipeline run
+    (:func:`unime.serving.deployments.build_app` on :func:`served_models`)."""
+    # imported when an app is built: the deployments module brings FastAPI and Ray Serve, which
+    # the pipeline's other stages (and the runner importing this module) do not need
+    from unime.serving.deployments import build_app
+
+    return build_app(config, **served_models(config))
 
 
 def example_search(base_url: str, query: str, api_key: str | None, timeout_s: float = 60, rerank: bool = True) -> dict:
@@ -39,11 +60,9 @@ def example_search(base_url: str, query: str, api_key: str | None, timeout_s: fl
 def run(config: PipelineConfig) -> dict:
     from ray import serve
 
-    from unime.serving.deployments import build_app
-
     settings = config.serve
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(config), name="unime", route_prefix="/")
+    serve.run(app_for_run(config), name="unime", route_prefix="/")
     base_url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{settings.port}"
     answer = example_search(base_url, settings.example_query, settings.api_key)
     retrieval_only = example_search(base_url, settings.example_query, settings.api_key, rerank=False)

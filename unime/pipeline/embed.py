@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.images import ImageCache, ImageLimits
+from unime.data.ordering import by_input_length
 from unime.data.storage import arrow_filesystem, join
 from unime.models.recipes import get_recipe
 from unime.monitoring import record
@@ -30,7 +31,6 @@ from unime.pipeline.common import (
 )
 
 STAGE = "embed"
-IMAGE_LENGTH = 256  # characters an image weighs in the length estimate (a few hundred tokens)
 
 
 def unique_items(pairs: pa.Table) -> pa.Table:
@@ -45,9 +45,7 @@ def unique_items(pairs: pa.Table) -> pa.Table:
         [("text", "first"), ("image", "first"), ("is_candidate", "max")])
     merged = pa.table({"id": merged["id"], "text": merged["text_first"], "image": merged["image_first"],
                        "is_candidate": merged["is_candidate_max"]})
-    length = pc.add(pc.utf8_length(merged["text"]),
-                    pc.multiply(pc.cast(pc.not_equal(merged["image"], ""), pa.int32()), IMAGE_LENGTH))
-    return merged.append_column("length", length).sort_by([("length", "ascending"), ("id", "ascending")])
+    return by_input_length(merged)
 
 
 def prepared_images(batch: pa.Table, image_root: str, limits: dict, storage_options: dict,

@@ -53,6 +53,18 @@ def judge_requests(pools: pa.Table, items: pa.Table) -> pa.Table:
     })
 
 
+def make_stage_judge(backend: str, model: str, **options):
+    """The judge stage's backend by name: the library's MLLM judges (:func:`unime.judge.make_judge`)
+    or ``label``, the demo corpus's ground truth (``model``: the corpus folder)."""
+    if backend == "label":
+        # demo scaffolding, imported only when asked for: the judge library knows nothing of
+        # the demo corpus, and an MLLM run never loads it
+        from unime.demo_label_judge import LabelJudge
+
+        return LabelJudge(model, storage_options=options.get("storage_options"))
+    return make_judge(backend, model, **options)
+
+
 def shard_path(run_dir: str, kind: str, shard: int) -> str:
     return join(run_dir, STAGE, kind, f"shard-{shard:05d}.parquet")
 
@@ -68,8 +80,8 @@ class JudgeShards:
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
                  hf_batch_size: int, fail_after_shards: int | None = None, image_cache_mib: int = 2048):
-        self.judge = make_judge(backend, model, dtype=dtype, device=device, storage_options=storage_options,
-                                **judge_options)
+        self.judge = make_stage_judge(backend, model, dtype=dtype, device=device, storage_options=storage_options,
+                                      **judge_options)
         if hasattr(self.judge, "warm_up"):
             self.judge.warm_up()
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-engine")

@@ -500,14 +500,15 @@ def embedder_inputs(config, index_dir: str) -> dict:
     return config.embedder_inputs() | (recorded.get("inputs") or {})
 
 
-def build_app(config):
-    """The composed application for a :class:`unime.config.PipelineConfig`."""
-    from unime.pipeline import build_index, manifest, train_embedder, train_reranker
+def build_app(config, *, embedder: str, reranker: str, index_dir: str):
+    """The composed application serving ``embedder`` and ``reranker`` (checkpoint paths or hub
+    ids) over the index in ``index_dir``, set up by a :class:`unime.config.PipelineConfig`'s
+    ``serve``, ``models``, ``data`` and ``eval.rerank_engine`` sections.
 
-    run_dir, options, serve_config, models = config.run_dir, config.data.storage_options, config.serve, config.models
-    embedder = manifest.trained_or(run_dir, train_embedder, serve_config.embedder, models.embedder, options)
-    reranker = manifest.trained_or(run_dir, train_reranker, serve_config.reranker, models.reranker, options)
-    index_dir = serve_config.index_dir or build_index.output_path(run_dir)
+    The paths come resolved: which checkpoint a pipeline run trained and where it put its index
+    is the pipeline's knowledge (:func:`unime.pipeline.deploy.app_for_run`), not the library's.
+    """
+    options, serve_config, models = config.data.storage_options, config.serve, config.models
     light = {"num_cpus": serve_config.replica_cpus} | (
         {"resources": dict(serve_config.replica_resources)} if serve_config.replica_resources else {})
     model = {"num_cpus": serve_config.replica_cpus} | (

@@ -6,6 +6,10 @@ demo corpus. It plugs into the judge stage like the MLLM judges (``judge.backend
 ``(query_text, query_image, candidate_text, candidate_image)`` tuples (image paths as the
 pairs name them) with ``yes`` for a true match and ``no`` otherwise: soft labels for
 training, and a false-negative filter that removes exactly the true matches.
+
+Demo scaffolding, not part of the judge library (:mod:`unime.judge`): it knows the demo
+corpus's ground truth, so the judge stage picks it by name
+(:func:`unime.pipeline.judge.make_stage_judge`) and the library stays free of the demo.
 """
 
 from __future__ import annotations
