@@ -9,15 +9,12 @@ embedder checkpoint), local or s3://.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: sibling job modules
-
-import full_pipeline  # noqa: E402
+from unime.cli import run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    return full_pipeline.main(argv, default_stages=["ingest", "index"])
+    return run_pipeline(argv, ["ingest", "index"], prog="ray_jobs/build_index.py")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,13 @@ Writes ``<run_dir>/mine/mined.json`` in the released UniME-V2 format (local or s
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: sibling job modules
-
-import full_pipeline  # noqa: E402
-
-from unime.pipeline.runner import MINING_STAGES  # noqa: E402
+from unime.cli import run_pipeline
+from unime.pipeline.runner import MINING_STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
-    return full_pipeline.main(argv, default_stages=MINING_STAGES)
+    return run_pipeline(argv, MINING_STAGES, prog="ray_jobs/mine.py")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # whole subtrees that are application code (the package and everything under it)
-APPLICATION_TREES = ("unime.pipeline", "unime.experiments", "unime.cluster", "unime.tiny")
+# (unime.cli: the `unime` command, the entry point over the pipeline)
+APPLICATION_TREES = ("unime.pipeline", "unime.experiments", "unime.cluster", "unime.tiny", "unime.cli")
 # demo scaffolding by naming convention, so that a new demo module is application from the start
 DEMO_PREFIX = "unime.demo_"
 
