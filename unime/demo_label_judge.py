@@ -21,10 +21,14 @@ from unime.demo_truth import DemoTruth
 
 class LabelJudge:
     needs_pixels = False  # scores image paths, not decoded images
+    prepare_image = None
+
+    def warm_up(self) -> None:
+        """Nothing to load beyond the ground truth."""
 
     def __init__(self, corpus_dir: str, yes: float = 0.95, no: float = 0.05, storage_options: dict | None = None):
         self.truth = DemoTruth.load(corpus_dir, storage_options)
         self.yes, self.no = yes, no
 
-    def score(self, pairs: list[tuple[str, str, str, str]], **_) -> np.ndarray:
+    def score(self, pairs: list[tuple[str, str, str, str]]) -> np.ndarray:
         return np.array([self.yes if self.truth.matches(*pair) else self.no for pair in pairs], dtype=np.float64)

@@ -8,6 +8,7 @@ demo scaffolding and lives outside the library, in :mod:`unime.demo_label_judge`
 
 from unime.judge.hf import HFJudge, PromptTooLongError, p_yes, yes_no_token_ids
 from unime.judge.prompts import build_judge_messages, message_images
+from unime.judge.protocol import Judge
 from unime.prompts import strip_image_placeholders
 
 
@@ -16,7 +17,8 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
     inputs = {k: options.get(k) for k in ("min_pixels", "max_pixels", "image_resolution", "storage_options")}
     inputs["input_format"] = options.get("input_format") or "qwen2-vl-native"
     if backend == "hf":
-        return HFJudge(name_or_path, dtype=dtype, device=device, max_model_len=options.get("max_model_len"), **inputs)
+        return HFJudge(name_or_path, dtype=dtype, device=device, max_model_len=options.get("max_model_len"),
+                       batch_size=options.get("batch_size"), **inputs)
     if backend == "vllm":
         from unime.judge.vllm_backend import VLLMJudge
 
@@ -27,5 +29,5 @@ def make_judge(backend: str, name_or_path: str, dtype: str = "float32", device: 
                      "backend is the judge stage's: unime.pipeline.judge.make_stage_judge)")
 
 
-__all__ = ["HFJudge", "PromptTooLongError", "build_judge_messages", "make_judge", "message_images", "p_yes",
+__all__ = ["HFJudge", "Judge", "PromptTooLongError", "build_judge_messages", "make_judge", "message_images", "p_yes",
            "strip_image_placeholders", "yes_no_token_ids"]

@@ -93,13 +93,19 @@ class ChatInputs:
 
 
 class HFJudge(ChatInputs):
-    """A frozen MLLM judge on the transformers path; loads once, scores chats in batches."""
+    """A frozen MLLM judge on the transformers path; loads once, scores chats in batches of
+    ``batch_size`` (None: all of a call's chats in one forward)."""
+
+    needs_pixels = True
 
     def __init__(self, name_or_path: str, dtype: str = "float32", device: str = "auto",
                  min_pixels: int | None = None, max_pixels: int | None = None,
                  input_format: str = "qwen2-vl-native", image_resolution: str | None = None,
-                 max_model_len: int | None = None, storage_options: dict | None = None):
+                 max_model_len: int | None = None, storage_options: dict | None = None,
+                 batch_size: int | None = None):
         from unime.models.loading import load_model
+
+        self.batch_size = batch_size
 
         super().__init__(name_or_path, min_pixels, max_pixels, input_format, image_resolution,
                          max_model_len=max_model_len, storage_options=storage_options)
@@ -120,13 +126,17 @@ class HFJudge(ChatInputs):
         """Next-token logits ``[B, V]`` after each chat's generation prompt."""
         return self.model(**self.encode(chats), logits_to_keep=1, use_cache=False).logits[:, -1]
 
+    def warm_up(self) -> None:
+        """Nothing to compile on the transformers path."""
+
     @torch.inference_mode()
     def score(self, chats: list[list[dict]], batch_size: int | None = None) -> np.ndarray:
-        """P(Yes) for each chat, ``batch_size`` chats per forward (all at once by default).
+        """P(Yes) for each chat, ``batch_size`` chats per forward (default: the judge's own
+        ``batch_size``, else all at once).
 
         Images in the chats must already be PIL images.
         """
-        step = batch_size or max(1, len(chats))
+        step = batch_size or self.batch_size or max(1, len(chats))
         scores = [self._score_batch(chats[i: i + step]) for i in range(0, len(chats), step)]
         return np.concatenate(scores) if scores else np.zeros(0)
 

@@ -39,7 +39,10 @@ def p_yes_from_logprobs(logprob_yes: float, logprob_no: float) -> float:
 
 
 class VLLMJudge(ChatInputs):
-    """A frozen MLLM judge served by a vLLM engine in this process."""
+    """A frozen MLLM judge served by a vLLM engine in this process; a call's chats go to the
+    engine at once (its scheduler batches them, and their shared prefixes are cached)."""
+
+    needs_pixels = True
 
     def __init__(self, name_or_path: str, dtype: str = "float32", max_model_len: int = 8192,
                  min_pixels: int | None = None, max_pixels: int | None = None, prefix_caching: bool = True,

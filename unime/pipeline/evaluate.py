@@ -167,38 +167,14 @@ def run(config: PipelineConfig) -> dict:
 
     reranked_summary = None
     if config.eval.rerank and config.eval.rerank_modes:
-        results = rerank(config, rerank_rows(tables, scores, config.eval.rerank_k), reranker).to_pylist()
-        refused = [{"dataset": r["dataset"], "row_index": r["row_index"], "mode": mode, "reason": r[f"{mode}_error"]}
-                   for r in results for mode in config.eval.rerank_modes if r[f"{mode}_error"]]
-        write_bytes(join(run_dir, STAGE, "rerank_refused.json"), json.dumps(refused, indent=2).encode(), options)
-        for name in per_dataset:
-            mine = [r for r in results if r["dataset"] == name]
-            per_dataset[name]["rerank"] = {
-                mode: {"P@1": 100 * float(np.mean([r[f"{mode}_hit"] for r in mine])),
-                       "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine])),
-                       "too_long": sum(bool(r[f"{mode}_error"]) for r in mine)}
-                for mode in config.eval.rerank_modes}
-        reranked_by_mode = {mode: aggregate({n: d["rerank"][mode]["P@1"] for n, d in per_dataset.items()}, groups)
-                            for mode in config.eval.rerank_modes}
-        headline = headline_mode(list(config.eval.rerank_modes))
-        reranked_summary = reranked_by_mode[headline] | {"mode": headline, "by_mode": reranked_by_mode}
+        reranked_summary = rerank_summary(config, tables, scores, reranker, per_dataset, groups)
     aggregated = aggregate({name: d["P@1"] for name, d in per_dataset.items()}, groups)
     summary = {"embedder": embedder, "reranker": reranker, "aggregate": aggregated, "reranked": reranked_summary,
                "off_the_shelf": off_the_shelf, "global": global_result,
                "items": {"unique": items.num_rows, "references": references,
                          "dedup_saving": 1 - items.num_rows / max(1, references)},
                "quarantined_rows": len(read.quarantine)}
-    markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
-    if off_the_shelf:
-        markdown += "\n\n" + summary_markdown(off_the_shelf["aggregate"], "off-the-shelf embedder (before training)")
-    if reranked_summary:
-        for mode, reranked in reranked_summary["by_mode"].items():
-            markdown += "\n\n" + summary_markdown(reranked, f"+ rerank ({mode})")
-    if global_result:
-        keys = [k for k in global_result if k not in ("captions", "images")]
-        markdown += ("\n\nGlobal image-text retrieval (" + f"{global_result['captions']} captions, "
-                     f"{global_result['images']} images)\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
-                     + "\n| " + " | ".join(f"{global_result[k]:.1f}" for k in keys) + " |")
+    markdown = report_markdown(config, aggregated, off_the_shelf, reranked_summary, global_result)
     for name, payload in (("per_dataset.json", json.dumps(per_dataset, indent=2)),
                           ("summary.json", json.dumps(summary, indent=2)), ("summary.md", markdown + "\n")):
         write_bytes(join(run_dir, STAGE, name), payload.encode(), options)
@@ -210,6 +186,47 @@ def run(config: PipelineConfig) -> dict:
             "unique_items": items.num_rows, "item_references": references,
             "global_t2i_R@1": global_result["t2i_R@1"] if global_result else None}
     return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+
+
+def rerank_summary(config: PipelineConfig, tables: dict, scores: dict, reranker: str, per_dataset: dict,
+                   groups) -> dict:
+    """Rerank every subset's embedder top-k in each mode: per-dataset P@1, parse rate and
+    refusals into ``per_dataset``; the aggregate of the headline mode, with every mode's."""
+    run_dir, options, modes = config.run_dir, config.data.storage_options, config.eval.rerank_modes
+    results = rerank(config, rerank_rows(tables, scores, config.eval.rerank_k), reranker).to_pylist()
+    refused = [{"dataset": r["dataset"], "row_index": r["row_index"], "mode": mode, "reason": r[f"{mode}_error"]}
+               for r in results for mode in modes if r[f"{mode}_error"]]
+    write_bytes(join(run_dir, STAGE, "rerank_refused.json"), json.dumps(refused, indent=2).encode(), options)
+    for name in per_dataset:
+        mine = [r for r in results if r["dataset"] == name]
+        if len(mine) != per_dataset[name]["rows"]:  # a P@1 over fewer rows would look like any other
+            raise RuntimeError(f"rerank of {name}: {len(mine)} results for {per_dataset[name]['rows']} rows")
+        per_dataset[name]["rerank"] = {
+            mode: {"P@1": 100 * float(np.mean([r[f"{mode}_hit"] for r in mine])),
+                   "parse_rate": 100 * float(np.mean([r[f"{mode}_parsed"] for r in mine])),
+                   "too_long": sum(bool(r[f"{mode}_error"]) for r in mine)}
+            for mode in modes}
+    by_mode = {mode: aggregate({n: d["rerank"][mode]["P@1"] for n, d in per_dataset.items()}, groups)
+               for mode in modes}
+    headline = headline_mode(list(modes))
+    return by_mode[headline] | {"mode": headline, "by_mode": by_mode}
+
+
+def report_markdown(config: PipelineConfig, aggregated: dict, off_the_shelf: dict | None,
+                    reranked_summary: dict | None, global_result: dict | None) -> str:
+    """The stage's summary.md: the embedder's table, then off-the-shelf, reranked, global."""
+    markdown = summary_markdown(aggregated, "embedder", config.eval.compare_with)
+    if off_the_shelf:
+        markdown += "\n\n" + summary_markdown(off_the_shelf["aggregate"], "off-the-shelf embedder (before training)")
+    if reranked_summary:
+        for mode, reranked in reranked_summary["by_mode"].items():
+            markdown += "\n\n" + summary_markdown(reranked, f"+ rerank ({mode})")
+    if global_result:
+        keys = [k for k in global_result if k not in ("captions", "images")]
+        markdown += ("\n\nGlobal image-text retrieval (" + f"{global_result['captions']} captions, "
+                     f"{global_result['images']} images)\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+                     + "\n| " + " | ".join(f"{global_result[k]:.1f}" for k in keys) + " |")
+    return markdown
 
 
 def item_vectors(config: PipelineConfig, items: pa.Table, embedder: str, folder: str) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.images import ImageCache, ImageLimits
 from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
-from unime.judge import PromptTooLongError, build_judge_messages, make_judge
+from unime.judge import Judge, PromptTooLongError, build_judge_messages, make_judge
 from unime.monitoring import record
 from unime.pipeline import embed, ingest, manifest, retrieve
 from unime.pipeline.common import actor_options, read_parquet_dir, write_parquet
@@ -80,21 +80,20 @@ class JudgeShards:
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
                  hf_batch_size: int, fail_after_shards: int | None = None, image_cache_mib: int = 2048):
-        self.judge = make_stage_judge(backend, model, dtype=dtype, device=device, storage_options=storage_options,
-                                      **judge_options)
-        if hasattr(self.judge, "warm_up"):
-            self.judge.warm_up()
+        self.judge: Judge = make_stage_judge(backend, model, dtype=dtype, device=device,
+                                             storage_options=storage_options, batch_size=hf_batch_size, **judge_options)
+        self.judge.warm_up()
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge-engine")
-        self.backend, self.run_dir, self.storage_options = backend, run_dir, storage_options
+        self.run_dir, self.storage_options = run_dir, storage_options
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
-                                 prepare=getattr(self.judge, "prepare_image", None))
-        self.queries_per_call, self.hf_batch_size = queries_per_call, hf_batch_size
+                                 prepare=self.judge.prepare_image)
+        self.queries_per_call = queries_per_call
         self.fail_after_shards, self.shards_started, self.in_flight = fail_after_shards, 0, 0
 
     def build_chats(self, rows: list[dict]) -> tuple[list, list[str], list[str]]:
         """The judge's inputs: chats with decoded images, or path tuples for a judge that
         needs no pixels (the label judge)."""
-        pixels = getattr(self.judge, "needs_pixels", True)
+        pixels = self.judge.needs_pixels
         chats, query_ids, candidate_ids = [], [], []
         for row in rows:
             query_image = self.images.get(row["query_image"]) if pixels else None
@@ -106,9 +105,10 @@ class JudgeShards:
         return chats, query_ids, candidate_ids
 
     def _score(self, chats: list) -> np.ndarray:
-        # vLLM: all chats of these queries in one call (shared prefixes cached); HF: fixed batches.
+        # the backend batches: vLLM all chats of these queries in one call (shared prefixes
+        # cached), HF in fixed batches of judge.hf_batch_size
         started = time.perf_counter()
-        scores = self.judge.score(chats, **({"batch_size": self.hf_batch_size} if self.backend == "hf" else {}))
+        scores = self.judge.score(chats)
         record("unime_judge_call_seconds", time.perf_counter() - started)
         record("unime_judge_pairs_total", len(chats))
         return scores
