@@ -21,9 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.demo]
 CHECKS = ("judge AUC vs ground truth, held-out eval pairs", "false-negative filter vs ground truth",
           "records mined", "report gallery: distinct hard negatives per query", "Overall P@1 on the demo eval",
           "example search top 3, retrieval only", "example search top 3, reranked")
-# below their bars on this corpus today (README): the example search for "red circles" ranks a
-# red square among its top 3 (retrieval only: third of the top 3; reranked: two of them)
-SHORT_OF_THE_BAR = ("example search top 3, retrieval only", "example search top 3, reranked")
+# below its bar on this corpus today (README): reranked, the example search for "red circles"
+# puts two red squares in its top 3 (the tiny judge it starts from picks poorly among near misses)
+SHORT_OF_THE_BAR = ("example search top 3, reranked",)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def test_the_judge_mining_and_fine_tuning_checks_pass(demo_run):
     assert not failed, json.dumps(failed, indent=1)
 
 
-@pytest.mark.xfail(strict=True, reason="the tiny models tell a circle from a square poorly: the example "
-                                       "search's top 3 hold a red square, more of them reranked (README)")
+@pytest.mark.xfail(strict=True, reason="reranked, the example search's top 3 hold two red squares: the tiny "
+                                       "judge the reranker starts from picks poorly among near misses (README)")
 def test_the_example_search_checks_pass(demo_run):
     run_dir, _ = demo_run
     failed = [c for name, c in read_checks(run_dir).items() if name in SHORT_OF_THE_BAR and not c["passed"]]
