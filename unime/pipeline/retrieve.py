@@ -69,7 +69,8 @@ def _pool_rows(ids: list[str], rows: np.ndarray, sims: np.ndarray) -> tuple[list
 def global_pools(store: EmbeddingStore, pairs: pa.Table, config: PipelineConfig) -> tuple[list, list]:
     mining = config.mining
     # a task that was given a GPU searches on it (or fails where faiss sees none); else FAISS's own choice
-    spec = IndexSpec(mining.index, mining.ivf_nlist, mining.ivf_nprobe, use_gpu=True if mining.placement.num_gpus else None)
+    spec = IndexSpec(mining.index, mining.ivf_nlist, mining.ivf_nprobe, use_gpu=True if mining.placement.num_gpus else None,
+                     train_size=mining.ivf_train_size, train_iterations=mining.ivf_train_iterations)
     query_ids, pos_ids = pairs["query_id"].to_pylist(), pairs["pos_id"].to_pylist()
     shards = store.candidate_shards()
     pool_ids, pool_sims = [], []
