@@ -116,14 +116,20 @@ def report(results: dict, folder: Path, args) -> None:
     print(f"retrieval: {args.candidates} x {args.dim} candidates ({pool_mb:.0f} MB), {q} queries, top-{args.k}; "
           f"{args.shards} shards; CPU, {os.cpu_count()} cores")
     print(f"| mode | build (s) | search (s) | queries/s | peak RSS (MB) | recall@{args.k} vs exact | "
-          f"search speed-up | speed-up, build included | 5x, build included, from |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"search speed-up | speed-up, build included | 5x, build included, from | list vectors read (GB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("flat", "flat-sharded"):
         if mode in results:
             r = results[mode]
             print(f"| {mode} | - | {r['seconds']:.2f} | {q / r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | 1.0000 "
-                  f"| - | - | - |")
+                  f"| - | - | - | - |")
     flat_per_query = results[exact_mode]["seconds"] / q
+    exact_flops = 2 * q * args.candidates * args.dim
+    print(f"exact search: {exact_flops / 1e12:.1f} TFLOP of inner products, "
+          f"{exact_flops / results[exact_mode]['seconds'] / 1e9:.0f} GFLOP/s achieved")
+    if "flat" in results and "flat-sharded" in results:
+        print(f"ratios: sharded flat peak memory {results['flat-sharded']['peak_rss_mb'] / results['flat']['peak_rss_mb']:.2f}x "
+              f"of one-array flat")
     if "ivf" not in results:
         return
     ivf = results["ivf"]
@@ -133,10 +139,11 @@ def report(results: dict, folder: Path, args) -> None:
         found = recall(np.load(folder / f"rows-ivf-{nprobe}.npy"), exact)
         cross = crossover_queries(flat_per_query, ivf["build_seconds"], seconds / q)
         where = f"{cross:,.0f} queries" if cross is not None else "never"
+        scanned_gb = q * int(nprobe) * (args.candidates / ivf["nlist"]) * args.dim * 4 / 1e9  # lists of mean size
         exact_seconds = results[exact_mode]["seconds"]
         print(f"| ivf nprobe={nprobe} | {ivf['build_seconds']:.1f} | {seconds:.2f} | {q / seconds:.0f} | - | "
               f"{found:.4f} | {exact_seconds / seconds:.1f}x | "
-              f"{exact_seconds / (seconds + ivf['build_seconds']):.2f}x | {where} |")
+              f"{exact_seconds / (seconds + ivf['build_seconds']):.2f}x | {where} | {scanned_gb:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -41,3 +44,10 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, tensor.detach().contiguous())
     parts[dist.get_rank()] = _ScaledGradient.apply(tensor, float(world))
     return torch.cat(parts)
+
+
+def reduce_on_last(no_sync: Callable[[], contextlib.AbstractContextManager] | None, last: bool):
+    """The context of one backward pass of several that accumulate into one step: DDP's
+    ``no_sync`` for every pass but the last, so gradients are all-reduced once per step.
+    ``no_sync`` None (no DDP): nothing to skip."""
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from unime.train.distributed import reduce_on_last
+
 EmbedFn = Callable[[Sequence[Any]], torch.Tensor]
 
 
@@ -102,8 +104,6 @@ def gradcache_step(embed: EmbedFn, queries: Sequence[Any], candidates: Sequence[
     replays = list(zip(query_chunks, query_states, query_reps.grad.split(chunk_size))) + \
         list(zip(cand_chunks, cand_states, cand_reps.grad.split(chunk_size)))
     for index, (piece, state, grad) in enumerate(replays):
-        last = index == len(replays) - 1
-        sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
-        with sync, state.replay():
+        with reduce_on_last(no_sync, last=index == len(replays) - 1), state.replay():
             torch.dot(embed(piece).flatten(), grad.flatten()).backward()
     return loss.detach()

@@ -15,7 +15,6 @@ divided by the number of micro-batches would weigh a token by the size of its mi
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import pyarrow as pa
@@ -30,6 +29,7 @@ from unime.models import load_model
 from unime.rerank.encoding import encode_with_answers
 from unime.rerank.prompts import build_listwise_messages, build_pairwise_messages, training_chats
 from unime.train.base import TrainerBase, apply_lora, run_worker_loop
+from unime.train.distributed import reduce_on_last
 
 
 def reranker_examples(records: pa.Table, listwise_candidates: int = 5, seed: int = 0) -> pa.Table:
@@ -170,12 +170,9 @@ class RerankerTrainer(TrainerBase):
         # a micro-batch whose every example is over the token budget is None: nothing to learn
         encoded = [b for b in (self.encode(rows[s: s + size]) for s in range(0, len(rows), size)) if b is not None]
         targets = sum(self.target_count(b) for b in encoded)
-        total = 0.0
+        total, no_sync = 0.0, getattr(self.module, "no_sync", None)
         for index, micro_batch in enumerate(encoded):
-            # DDP all-reduces the accumulated gradients once, after the last micro-batch
-            last = index == len(encoded) - 1
-            no_sync = getattr(self.module, "no_sync", None)
-            with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
+            with reduce_on_last(no_sync, last=index == len(encoded) - 1):
                 loss = self.summed_loss(micro_batch) / targets
                 loss.backward()
             total += float(loss.detach())
