@@ -307,12 +307,12 @@ def run_hf(model: str, per_query: list, kinds: list[str], max_model_len: int) ->
 
 
 def run_vllm(model: str, per_query: list, calls: list, prefix_caching: bool, max_model_len: int,
-             kv_cache_gib: float) -> dict:
+             engine: dict) -> dict:
     from unime.judge import make_judge
 
     started = time.perf_counter()
     judge = make_judge("vllm", model, max_model_len=max_model_len, prefix_caching=prefix_caching,
-                       engine={"kv_cache_gib": kv_cache_gib}, **judge_inputs())
+                       engine=engine, **judge_inputs())
     judge.warm_up()  # the first call compiles; not part of the measurement
     result = {"startup": time.perf_counter() - started, "pairs": defaultdict(int), "seconds": defaultdict(float),
               "block_size": block_size_of(judge), "calls": []}
@@ -365,7 +365,7 @@ def _judge_shards_class():
     return RecordingJudgeShards
 
 
-def run_ray(model: str, requests, calls: list, image_root: Path, max_model_len: int, kv_cache_gib: float,
+def run_ray(model: str, requests, calls: list, image_root: Path, max_model_len: int, engine: dict,
             queries_per_call: int) -> dict:
     import ray
     import ray.data
@@ -395,7 +395,7 @@ def run_ray(model: str, requests, calls: list, image_root: Path, max_model_len: 
                 write_parquet(requests.take(rows).select(stage_columns), shard_path(run_dir, "requests", shard))
             dataset = ray.data.from_items([{"shard": s} for s in range(len(calls))], override_num_blocks=len(calls))
             kwargs = {"backend": "vllm", "model": model, "dtype": "float32", "device": "cpu",
-                      "judge_options": {"max_model_len": max_model_len, "engine": {"kv_cache_gib": kv_cache_gib},
+                      "judge_options": {"max_model_len": max_model_len, "engine": engine,
                                         **judge_inputs()},
                       "run_dir": run_dir, "image_root": str(image_root), "limits": {}, "storage_options": {},
                       "queries_per_call": queries_per_call, "hf_batch_size": 16}
@@ -549,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="the vLLM engines' KV-cache block in tokens (VLLMEngineConfig.block_size; "
+                             "default: vLLM's own, 128 on CPUs)")
     args = parser.parse_args(argv)
+    engine = {"kv_cache_gib": args.kv_cache_gib, "block_size": args.block_size}
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
@@ -598,9 +602,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[mode] = run_hf(model, per_query, kinds, args.max_model_len)
                 elif mode.startswith("vllm"):
                     results[mode] = run_vllm(model, per_query, calls, mode == "vllm-prefix", args.max_model_len,
-                                             args.kv_cache_gib)
+                                             engine)
                 else:
-                    results[mode] = run_ray(model, requests, calls, corpus, args.max_model_len, args.kv_cache_gib,
+                    results[mode] = run_ray(model, requests, calls, corpus, args.max_model_len, engine,
                                             queries_per_call)
                 print(f"done {label} {mode}", file=sys.stderr)
             out += ["", *report(label, requests, keyed, per_image, calls, results, preparation)]

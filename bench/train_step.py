@@ -66,6 +66,24 @@ def make_batch(corpus: Path, queries: int, candidates: int, seed: int) -> dict:
     return batch
 
 
+def time_forwards(trainer) -> dict:
+    """Seconds the trainer's model forwards take (with and without a graph), summed."""
+    import torch
+
+    seconds: dict[str, float] = {}
+    embed = trainer.embed_collated
+
+    def timed(batch):
+        started = time.perf_counter()
+        out = embed(batch)
+        key = "graph" if torch.is_grad_enabled() else "no_graph"
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+        return out
+
+    trainer.embed_collated = timed
+    return seconds
+
+
 def worker(rank: int, world: int, port: int, args: dict, results) -> None:
     import torch
     import torch.distributed as dist
@@ -84,7 +102,9 @@ def worker(rank: int, world: int, port: int, args: dict, results) -> None:
     per_rank = args["queries"] // world
     full = make_batch(Path(args["corpus"]), args["queries"], 9, 0)
     batch = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in full.items()}
+    forward_seconds = time_forwards(trainer)
     trainer.step(batch)  # warm-up
+    forward_seconds.clear()
     started = time.perf_counter()
     for _ in range(args["steps"]):
         trainer.step(batch)
@@ -95,7 +115,8 @@ def worker(rank: int, world: int, port: int, args: dict, results) -> None:
     # parameters that do matmuls per token (not the embedding lookup; the LM head is never run)
     params = sum(p.numel() for n, p in trainer.model.named_parameters()
                  if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n)
-    results.put({"rank": rank, "seconds": seconds, "tokens": tokens, "params": params, "rss": peak_rss_mb()})
+    results.put({"rank": rank, "seconds": seconds, "tokens": tokens, "params": params, "rss": peak_rss_mb(),
+                 "forward_seconds": sum(forward_seconds.values()) / args["steps"]})
     if world > 1:
         # the DDP reducer must not hold the group's last reference: destroyed there, the
         # group joins its threads without releasing the GIL and can deadlock
@@ -123,8 +144,14 @@ def child(args: dict) -> dict:
     tokens = sum(o["tokens"] for o in out)
     forwards = 4 if args["chunk"] else 3  # 6NT convention (forward + 2x backward); GradCache adds a forward
     return {"queries_per_s": args["queries"] / seconds, "seconds": seconds, "tokens": tokens,
+            "forward_seconds": max(o["forward_seconds"] for o in out),
             "flops": 2 * forwards * out[0]["params"] * tokens, "peak_rss_mb": sum(o["rss"] for o in out),
             "params": out[0]["params"]}
+
+
+# queries per step and GradCache chunk per size: the ~100M step is large enough that its
+# activations, not the weights, dominate the plain step's memory (what GradCache is for)
+BATCHES = {"tiny": (8, 6), "base100m": (16, 32)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         demo_data.build(corpus, demo_data.DemoCorpusConfig(train_images=200, grounding_images=4, eval_queries=2))
         for size in args.sizes.split(","):
             model = str(tiny.build(Path(tmp) / size, size=size)["embedder"])
-            queries = 8 if size == "tiny" else 4
+            queries, chunk_size = BATCHES[size]
             for workers in (1, 2):
-                for chunk in (0, 6):
+                for chunk in (0, chunk_size):
                     spec = {"model": model, "corpus": str(corpus), "queries": queries, "workers": workers,
                             "chunk": chunk, "steps": args.steps}
                     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
@@ -155,19 +182,27 @@ def main(argv: list[str] | None = None) -> int:
                     result = json.loads(out)
                     rows.append({"size": size, "workers": workers, "gradcache": bool(chunk), **result})
                     print(f"done {size} workers={workers} gradcache={bool(chunk)}", file=sys.stderr)
-    print(f"embedder training step ({rows[0]['size']}: batch of 8 queries; base100m: 4 queries; 9 candidates each; "
-          f"LoRA r16 DoRA; CPU, {os.cpu_count()} cores; measured matmul peak {peak:.0f} GFLOP/s fp32)")
+    shapes = "; ".join(f"{size}: {BATCHES[size][0]} queries, GradCache chunk {BATCHES[size][1]}"
+                       for size in args.sizes.split(","))
+    print(f"embedder training step ({shapes}; 9 candidates per query; LoRA r16 DoRA; CPU, {os.cpu_count()} cores; "
+          f"measured matmul peak {peak:.0f} GFLOP/s fp32)")
     print("| size | workers | GradCache | queries/s | step (s) | peak RSS (MB, all workers) | MFU |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        chunk = f"chunk {BATCHES[r['size']][1]}" if r["gradcache"] else "off"
         mfu = r["flops"] / r["seconds"] / (peak * 1e9)
-        print(f"| {r['size']} ({r['params'] / 1e6:.1f}M) | {r['workers']} | {'chunk 6' if r['gradcache'] else 'off'} | "
+        print(f"| {r['size']} ({r['params'] / 1e6:.1f}M) | {r['workers']} | {chunk} | "
               f"{r['queries_per_s']:.2f} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {mfu:.1%} |")
     for size in args.sizes.split(","):
         by = {(r["workers"], r["gradcache"]): r for r in rows if r["size"] == size}
         print(f"ratios {size}: GradCache peak memory {by[(1, True)]['peak_rss_mb'] / by[(1, False)]['peak_rss_mb']:.2f}x "
               f"of plain; GradCache speed {by[(1, True)]['queries_per_s'] / by[(1, False)]['queries_per_s']:.2f}x; "
               f"2/1 workers {by[(2, False)]['queries_per_s'] / by[(1, False)]['queries_per_s']:.2f}x")
+        plain, cached = by[(1, False)], by[(1, True)]
+        bound = (plain["seconds"] + plain["forward_seconds"]) / plain["seconds"]
+        print(f"GradCache's bound {size}: the step takes {cached['seconds'] / plain['seconds']:.2f}x the plain step's "
+              f"time; its one extra forward alone makes {bound:.2f}x (the plain step's forwards "
+              f"{plain['forward_seconds']:.2f} s of {plain['seconds']:.2f} s)")
     return 0
 
 

@@ -25,7 +25,8 @@ def engine_arguments(engine: VLLMEngineConfig, on_gpu: bool) -> dict:
     eager = (not on_gpu) if engine.enforce_eager is None else engine.enforce_eager
     arguments = {"enforce_eager": eager}
     arguments |= {k: v for k, v in (("max_num_batched_tokens", engine.max_num_batched_tokens),
-                                    ("max_num_seqs", engine.max_num_seqs)) if v}
+                                    ("max_num_seqs", engine.max_num_seqs),
+                                    ("block_size", engine.block_size)) if v}
     if on_gpu:
         arguments["gpu_memory_utilization"] = engine.gpu_memory_utilization
     return arguments

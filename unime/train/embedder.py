@@ -25,6 +25,7 @@ from unime.losses import info_nce, soft_kl_alignment
 from unime.models import Embedder, EmbedItem
 from unime.train.base import TrainerBase, apply_lora, run_worker_loop
 from unime.train.distributed import all_gather_with_grad
+from unime.train.dora import dora_norms_once
 from unime.train.gradcache import gradcache_step, plain_step
 
 
@@ -128,13 +129,14 @@ class EmbedderTrainer(TrainerBase):
                              device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         chunk = self.config.gradcache_chunk
-        if chunk and chunk < len(candidates):
-            no_sync = getattr(self.module, "no_sync", None)
-            # each chunk collated once: the re-forward with a graph reuses its tensors
-            loss = gradcache_step(self.embed_collated, queries, candidates, self.loss_fn(judge), chunk, no_sync,
-                                  prepare=self.collate)
-        else:
-            loss = plain_step(self.embed, queries, candidates, self.loss_fn(judge))
+        with dora_norms_once(self.model):  # the weights hold still until the optimiser step
+            if chunk and chunk < len(candidates):
+                no_sync = getattr(self.module, "no_sync", None)
+                # each chunk collated once: the re-forward with a graph reuses its tensors
+                loss = gradcache_step(self.embed_collated, queries, candidates, self.loss_fn(judge), chunk,
+                                      no_sync, prepare=self.collate)
+            else:
+                loss = plain_step(self.embed, queries, candidates, self.loss_fn(judge))
         self.clip_gradients(self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
