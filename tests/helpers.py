@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -17,8 +18,9 @@ from pathlib import Path
 from unime.config import load_config
 from unime.pipeline.runner import MINING_STAGES
 from unime.pipeline.runner import STAGES as REGISTRY
+from unime.pipeline.stage import run_stage
 
-STAGES = [(name, REGISTRY[name]) for name in MINING_STAGES]
+STAGES = [(name, functools.partial(run_stage, REGISTRY[name])) for name in MINING_STAGES]
 
 
 def config_classes() -> dict[str, type]:

@@ -251,3 +251,39 @@ def test_importing_library_modules_starts_nothing():
              "    assert ray is None or not ray.is_initialized(), f'importing {name} started Ray'\n")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# what decides whether a stage runs, and records that it ran
+MANIFEST_DECISIONS = {"write_manifest", "is_complete"}
+
+
+def manifest_decisions(path: Path) -> list[str]:
+    """``file:line: name`` for each call of a manifest decision in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called in MANIFEST_DECISIONS:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {called}")
+    return found
+
+
+def test_only_the_stage_runner_writes_manifests_or_decides_to_skip():
+    """Stages declare inputs, a fingerprint and their work; ``unime.pipeline.stage.run_stage``
+    alone checks a manifest and writes one (tools such as ``unime.demo_models`` keep their own
+    build records, not stage manifests)."""
+    runner = ROOT / "unime/pipeline/stage.py"
+    assert manifest_decisions(runner), "the scan must see the runner's own calls"
+    calls = [c for path in sorted((ROOT / "unime/pipeline").glob("*.py")) if path != runner
+             for c in manifest_decisions(path) if not c.startswith("unime/pipeline/manifest.py")]
+    assert not calls, calls
+
+
+def test_no_stage_imports_the_runner():
+    """The runner imports every stage; a stage (the report included) importing it back would be
+    a cycle, even inside a function."""
+    modules = all_modules()
+    importers = [f"{name}:{imp.line}" for name, path in modules.items() if name.startswith("unime.pipeline.")
+                 and name != "unime.pipeline.runner"
+                 for imp in imports_of(name, path, set(modules)) if imp.target == "unime.pipeline.runner"]
+    assert not importers, importers

@@ -62,6 +62,35 @@ def test_reruns_skip_every_stage(mined_run):
     assert again["mine"]["rows"] == results["mine"]["rows"]
 
 
+# every knob that says where work runs or how big its engines and caches are
+PLACEMENT = ["embed.actors.num_actors=2", "embed.actors.num_cpus=1", "embed.image_cpus=0.25",
+             "judge.actors.num_actors=3", "judge.actors.num_cpus=1.5", "judge.engine.kv_cache_gib=3",
+             "data.image_cache_mib=64", "mining.placement.num_cpus=2", "index.placement.num_cpus=2",
+             "eval.actors.num_actors=2", "eval.rerank_engine.kv_cache_gib=3",
+             "train_embedder.num_workers=3", "train_embedder.cpus_per_worker=0.5",
+             "train_embedder.checkpoint_every=7", "train_reranker.num_workers=5", "train_reranker.max_failures=9"]
+
+
+def test_moving_the_work_reruns_no_stage(mined_run, demo_dir, tiny_dir):
+    """With every placement knob changed, each stage's fingerprint is the one its manifest
+    records (the mining stages) or the one it would have been (the rest): nothing reruns.
+    A knob that changes results does change the fingerprints of its stage and those after."""
+    from unime.pipeline.runner import STAGES as REGISTRY
+    from unime.pipeline.stage import stage_fingerprint
+
+    config, _ = mined_run
+    moved = mining_config(demo_dir, tiny_dir, config.run_dir, *PLACEMENT)
+    changed = mining_config(demo_dir, tiny_dir, config.run_dir, "mining.pool_size=7")
+    for name, stage in REGISTRY.items():
+        if stage.cached:
+            assert stage.fingerprint(moved) == stage.fingerprint(config), name
+    for name in ("ingest", "embed", "retrieve", "judge", "mine"):
+        stage, recorded = REGISTRY[name], manifest.read_manifest(config.run_dir, name)
+        inputs = {i: manifest.read_manifest(config.run_dir, i) for i in stage.inputs}
+        assert stage_fingerprint(stage, moved, inputs) == recorded["fingerprint"], name
+    assert REGISTRY["retrieve"].fingerprint(changed) != REGISTRY["retrieve"].fingerprint(config)
+
+
 def test_embed_deduplicates_shared_candidates(mined_run):
     config, results = mined_run
     ids = pq.read_table(embed.output_path(config.run_dir), columns=["id"])["id"].to_pylist()

@@ -19,33 +19,50 @@ from unime.pipeline import ingest, manifest, train_embedder
 from unime.pipeline.common import read_parquet_dir, write_parquet
 from unime.pipeline.embed import embed_items, unique_items
 from unime.pipeline.retrieve import EmbeddingStore
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "index"
 
 
+def corpus_source(config: PipelineConfig) -> dict:
+    """What the index is built from, as its fingerprint sees it: ``index.corpus``'s files
+    (paths and sizes), else the ingest stage's output."""
+    options = config.data.storage_options
+    if config.index.corpus:
+        return {"corpus": config.index.corpus, "files": ingest.describe_files(config.index.corpus, options)}
+    upstream = manifest.read_manifest(config.run_dir, ingest.STAGE, options)
+    if upstream is None:
+        raise RuntimeError(f"index needs index.corpus or the ingest stage's output under {config.run_dir}")
+    return {"ingest": upstream["fingerprint"]}
+
+
 def corpus_pairs(config: PipelineConfig):
+    """The pairs to index (``index.corpus``'s rows checked as ingest checks them, the bad
+    ones written to ``quarantine.parquet``), else the ingest stage's pairs."""
     data, options = config.data, config.data.storage_options
     if config.index.corpus:
         pairs, read = read_pairs(config.index.corpus, data.image_root, data.limits, options)
         write_parquet(read.quarantine_table(), join(config.run_dir, STAGE, "quarantine.parquet"), options)
-        return pairs, {"corpus": config.index.corpus, "rows": read.input_rows}
-    upstream = manifest.read_manifest(config.run_dir, ingest.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"index needs index.corpus or the ingest stage's output under {config.run_dir}")
-    return read_parquet_dir(ingest.output_paths(config.run_dir)["pairs"], options), {"ingest": upstream["fingerprint"]}
+        return pairs
+    return read_parquet_dir(ingest.output_paths(config.run_dir)["pairs"], options)
 
 
-def run(config: PipelineConfig) -> dict:
-    run_dir, options = config.run_dir, config.data.storage_options
-    embedder = manifest.trained_or(run_dir, train_embedder, config.index.embedder, config.models.embedder, options)
-    pairs, source = corpus_pairs(config)
-    stage_fingerprint = manifest.fingerprint({"source": source, "index": fingerprint_view(config.index),
-                                              "embedder": embedder,
-                                              "inputs": config.embedder_inputs(),
-                                              "trained": (manifest.read_manifest(run_dir, train_embedder.STAGE, options)
-                                                          or {}).get("fingerprint")})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
+def index_embedder(config: PipelineConfig) -> str:
+    return manifest.trained_or(config.run_dir, train_embedder, config.index.embedder, config.models.embedder,
+                               config.data.storage_options)
+
+
+def fingerprint_payload(config: PipelineConfig) -> dict:
+    trained = manifest.read_manifest(config.run_dir, train_embedder.STAGE, config.data.storage_options) or {}
+    return {"source": corpus_source(config), "index": fingerprint_view(config.index),
+            "embedder": index_embedder(config), "inputs": config.embedder_inputs(),
+            "trained": trained.get("fingerprint")}
+
+
+def build(context: Context) -> dict:
+    config = context.config
+    run_dir, embedder = config.run_dir, index_embedder(config)
+    pairs = corpus_pairs(config)
     items = unique_items(pairs)
     items = items.filter(items["is_candidate"])
     embed_items(items, embedder, config, join(run_dir, STAGE, "embeddings"), STAGE)
@@ -55,8 +72,14 @@ def run(config: PipelineConfig) -> dict:
     built = ray.get(task.remote(config, embedder, items.select(["id", "text", "image"])))
     rows = {"items": items.num_rows, "with_image": int(pc.sum(pc.not_equal(items["image"], "")).as_py()),
             "kind": built["kind"], "build_seconds": built["build_seconds"]}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows, "embedder": embedder},
-                                   options) | {"skipped": False}
+    return {"rows": rows, "embedder": embedder}
+
+
+stage = Stage(STAGE, build, fingerprint_payload)
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def build_artifact(config: PipelineConfig, embedder: str, records) -> dict:

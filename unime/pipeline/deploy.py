@@ -15,6 +15,7 @@ import time
 from unime.config import PipelineConfig
 from unime.data.storage import join, write_bytes
 from unime.pipeline import build_index, manifest, train_embedder, train_reranker
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "serve"
 
@@ -57,9 +58,10 @@ def example_search(base_url: str, query: str, api_key: str | None, timeout_s: fl
             time.sleep(0.5)
 
 
-def run(config: PipelineConfig) -> dict:
+def build(context: Context) -> dict:
     from ray import serve
 
+    config = context.config
     settings = config.serve
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(app_for_run(config), name="unime", route_prefix="/")
@@ -73,5 +75,12 @@ def run(config: PipelineConfig) -> dict:
     if not settings.keep_running:
         serve.shutdown()
     return {"rows": {"url": base_url, "query": settings.example_query, "results": len(answer["results"]),
-                     "top3": [r["text"] or r["image"] for r in top], "kept_running": settings.keep_running},
-            "skipped": False}
+                     "top3": [r["text"] or r["image"] for r in top], "kept_running": settings.keep_running}}
+
+
+# a deployment is a side effect, not a cached artefact: it runs every time
+stage = Stage(STAGE, build, cached=False)
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)

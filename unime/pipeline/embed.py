@@ -22,13 +22,14 @@ from unime.data.ordering import by_input_length
 from unime.data.storage import arrow_filesystem, join
 from unime.models.recipes import get_recipe
 from unime.monitoring import record
-from unime.pipeline import ingest, manifest
+from unime.pipeline import ingest
 from unime.pipeline.common import (
     actor_options,
     embeddings_column,
     read_parquet_dir,
     task_options,
 )
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "embed"
 
@@ -120,18 +121,15 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
         raise RuntimeError(f"embedding wrote {written} vectors for {items.num_rows} items")
 
 
-def run(config: PipelineConfig) -> dict:
-    data, run_dir = config.data, config.run_dir
-    upstream = manifest.read_manifest(run_dir, ingest.STAGE, data.storage_options)
-    if upstream is None:
-        raise RuntimeError(f"embed needs the ingest stage's output under {run_dir}")
-    model = config.embed.model or config.models.embedder
-    stage_fingerprint = manifest.fingerprint({"ingest": upstream["fingerprint"], "model": model,
-                                              "models": fingerprint_view(config.models),
-                                              "embed": fingerprint_view(config.embed)})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
-        return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
+def fingerprint_payload(config: PipelineConfig) -> dict:
+    return {"model": config.embed.model or config.models.embedder, "models": fingerprint_view(config.models),
+            "embed": fingerprint_view(config.embed)}
 
+
+def build(context: Context) -> dict:
+    config = context.config
+    data, run_dir = config.data, config.run_dir
+    model = config.embed.model or config.models.embedder
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options)
     items = unique_items(pairs)
     embed_items(items, model, config, output_path(run_dir), input_format=config.embed.input_format)
@@ -139,8 +137,14 @@ def run(config: PipelineConfig) -> dict:
               "candidates": int(pc.sum(items["is_candidate"]).as_py()),
               "query_only_items": int(pc.sum(pc.invert(items["is_candidate"])).as_py()),
               "mean_length": float(np.mean(items["length"].to_numpy())) if items.num_rows else 0.0}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts, "model": model},
-                                   data.storage_options) | {"skipped": False}
+    return {"rows": counts, "model": model}
+
+
+stage = Stage(STAGE, build, fingerprint_payload, inputs=(ingest.STAGE,))
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def output_path(run_dir: str) -> str:

@@ -36,6 +36,7 @@ from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import actor_options, write_parquet
 from unime.pipeline.embed import embed_items
 from unime.pipeline.retrieve import EmbeddingStore
+from unime.pipeline.stage import Context, Stage, run_stage
 from unime.reporting import figure_png, new_figure
 
 STAGE = "evaluate"
@@ -129,22 +130,31 @@ def global_prompts(config: PipelineConfig) -> tuple[str, str]:
             config.eval.global_image_prompt or recipe.global_image_prompt)
 
 
-def run(config: PipelineConfig) -> dict:
+def models_evaluated(config: PipelineConfig) -> tuple[str, str]:
+    """(embedder, reranker): the eval section's, else this run's trained ones, else the models'."""
+    run_dir, options = config.run_dir, config.data.storage_options
+    return (manifest.trained_or(run_dir, train_embedder, config.eval.embedder, config.models.embedder, options),
+            manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options))
+
+
+def fingerprint_payload(config: PipelineConfig) -> dict:
+    data, options = config.data, config.data.storage_options
+    embedder, reranker = models_evaluated(config)
+    trained = [manifest.read_manifest(config.run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
+    return {"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
+            "off_the_shelf": config.models.embedder, "data": [data.eval_dir, data.global_eval],
+            "trained": [u and u["fingerprint"] for u in trained],
+            "inputs": [config.embedder_inputs(), config.reranker_inputs()]}
+
+
+def build(context: Context) -> dict:
     from unime.demo_data import EVAL_GROUPS
     from unime.eval.mmeb import GROUPS
 
+    config = context.config
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
     groups = EVAL_GROUPS if config.eval.groups == "demo" else GROUPS
-    embedder = manifest.trained_or(run_dir, train_embedder, config.eval.embedder, config.models.embedder, options)
-    reranker = manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options)
-    upstream = [manifest.read_manifest(run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
-    stage_fingerprint = manifest.fingerprint({"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
-                                              "off_the_shelf": config.models.embedder,
-                                              "data": [data.eval_dir, data.global_eval], "trained": [u and u["fingerprint"] for u in upstream],
-                                              "inputs": [config.embedder_inputs(), config.reranker_inputs()]})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
-
+    embedder, reranker = models_evaluated(config)
     tables, read = read_eval(data.eval_dir, config.eval.subsets, data.image_root, data.limits, options)
     global_rows = []
     if data.global_eval:
@@ -185,7 +195,14 @@ def run(config: PipelineConfig) -> dict:
             "overall_P@1_off_the_shelf": off_the_shelf["aggregate"]["scores"]["Overall"] if off_the_shelf else None,
             "unique_items": items.num_rows, "item_references": references,
             "global_t2i_R@1": global_result["t2i_R@1"] if global_result else None}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+    return {"rows": rows}
+
+
+stage = Stage(STAGE, build, fingerprint_payload)
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def rerank_summary(config: PipelineConfig, tables: dict, scores: dict, reranker: str, per_dataset: dict,

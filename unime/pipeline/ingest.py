@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from unime.config import DataConfig, fingerprint_view
+from unime.config import DataConfig, PipelineConfig, fingerprint_view
 from unime.data import schemas
 from unime.data.images import ImageChecker, ImageLimits
 from unime.data.readers import SUFFIXES, read_rows
 from unime.data.records import ROW
 from unime.data.storage import arrow_filesystem, filesystem, join, list_files
-from unime.pipeline import manifest
 from unime.pipeline.common import task_options
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "ingest"
 # Two good rows with the same values here are the same training pair.
@@ -105,34 +105,39 @@ def reconcile(input_rows: int, key_rows: int, good_rows: int, quarantined_rows: 
 
 
 def input_files(data: DataConfig) -> list[dict]:
-    files = [p for root in data.train for p in list_files(root, SUFFIXES, data.storage_options)]
+    return describe_files(data.train, data.storage_options)
+
+
+def describe_files(roots: list[str], storage_options: dict | None = None) -> list[dict]:
+    """Every training file under ``roots`` (file order is row order downstream), with its size."""
+    files = [p for root in roots for p in list_files(root, SUFFIXES, storage_options)]
     described = []
     for path in files:
-        fs, inner = filesystem(path, data.storage_options)
+        fs, inner = filesystem(path, storage_options)
         described.append({"path": path, "size": fs.size(inner)})
     return described
 
 
-def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None = None) -> dict:
-    """Run (or skip, when its manifest matches) the ingest stage; returns the manifest.
-
-    ``task_resources``: custom resources the read and write tasks ask for (placement only).
-    """
-    import ray.data
-    from ray.data.expressions import col
-
+def fingerprint_payload(config: PipelineConfig) -> dict:
+    data = config.data
     files = input_files(data)
     if not files:
         raise FileNotFoundError(f"no training files ({', '.join(SUFFIXES)}) under {data.train}")
-    stage_fingerprint = manifest.fingerprint({"files": files, "data": fingerprint_view(data),
-                                              "duplicate_key": list(DUPLICATE_KEY)})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
-        return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
+    return {"files": files, "data": fingerprint_view(data), "duplicate_key": list(DUPLICATE_KEY)}
 
-    sources = [f["path"] for f in files]
+
+def build(context: Context) -> dict:
+    """The stage's work: every input row written once, good or quarantined; the counts."""
+    import ray.data
+    from ray.data.expressions import col
+
+    config = context.config
+    data, run_dir = config.data, config.run_dir
+    sources = [path for root in data.train for path in list_files(root, SUFFIXES, data.storage_options)]
     items = [{"path": path, "file_index": index} for index, path in enumerate(sources)]
-    tagged = ray.data.from_items(items, override_num_blocks=len(files))
-    placement = task_options(task_resources or {})
+    tagged = ray.data.from_items(items, override_num_blocks=len(sources))
+    # custom resources the read and write tasks ask for (placement only)
+    placement = task_options(config.ray.data_task_resources or {})
     tagged = tagged.map_batches(ingest_files, batch_format="numpy", batch_size=1, fn_kwargs={
         "image_root": data.image_root, "limits": asdict(data.limits), "storage_options": data.storage_options,
     }, **placement).materialize()
@@ -155,8 +160,18 @@ def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None 
     reconcile(counts["input_rows"], keys.num_rows, counts["good_rows"], counts["quarantined_rows"],
               counts["duplicates"])
     counts["per_source"] = {row.source: int(row.input_rows) for row in markers.itertuples()}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts},
-                                   data.storage_options) | {"skipped": False}
+    return {"rows": counts}
+
+
+stage = Stage(STAGE, build, fingerprint_payload)
+
+
+def run(data: DataConfig, run_dir: str, task_resources: dict[str, float] | None = None) -> dict:
+    """Run (or skip, when its manifest matches) the ingest stage on ``data`` alone; returns
+    the manifest. ``task_resources``: custom resources the read and write tasks ask for."""
+    config = PipelineConfig(run_dir=run_dir, data=data)
+    config.ray.data_task_resources = dict(task_resources or {})
+    return run_stage(stage, config)
 
 
 def _collect(dataset) -> pa.Table:

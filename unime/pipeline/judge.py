@@ -26,8 +26,9 @@ from unime.data.images import ImageCache, ImageLimits
 from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
 from unime.judge import Judge, PromptTooLongError, build_judge_messages, make_judge
 from unime.monitoring import record
-from unime.pipeline import embed, ingest, manifest, retrieve
+from unime.pipeline import embed, ingest, retrieve
 from unime.pipeline.common import actor_options, read_parquet_dir, write_parquet
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "judge"
 SCORES = pa.schema([("query_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64())])
@@ -154,11 +155,13 @@ class JudgeShards:
                 "started_at": np.array([r[1] for r in results]), "finished_at": np.array([r[2] for r in results])}
 
 
-def _stage_fingerprint(config: PipelineConfig, upstream: str) -> tuple[str, str]:
-    judge = fingerprint_view(config.judge)  # where the actors run and their engines' size change nothing
-    model = config.judge.model or config.models.judge
-    return manifest.fingerprint({"retrieve": upstream, "judge": judge, "model": model, "dtype": config.models.dtype,
-                                 "inputs": config.model_inputs()}), model
+def fingerprint_payload(config: PipelineConfig) -> dict:
+    return {"judge": fingerprint_view(config.judge), "model": judge_model(config), "dtype": config.models.dtype,
+            "inputs": config.model_inputs()}
+
+
+def judge_model(config: PipelineConfig) -> str:
+    return config.judge.model or config.models.judge
 
 
 def _prepare_shards(config: PipelineConfig, stage_fingerprint: str) -> int:
@@ -183,18 +186,13 @@ def _prepare_shards(config: PipelineConfig, stage_fingerprint: str) -> int:
     return shards
 
 
-def run(config: PipelineConfig) -> dict:
+def build(context: Context) -> dict:
     import ray.data
 
+    config = context.config
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
-    upstream = manifest.read_manifest(run_dir, retrieve.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"judge needs the retrieve stage's output under {run_dir}")
-    stage_fingerprint, model = _stage_fingerprint(config, upstream["fingerprint"])
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
-
-    shards = _prepare_shards(config, stage_fingerprint)
+    model = judge_model(config)
+    shards = _prepare_shards(config, context.fingerprint)
     pending = [s for s in range(shards) if not exists(shard_path(run_dir, "scores", s), options)]
     scored = []
     if pending:
@@ -219,9 +217,14 @@ def run(config: PipelineConfig) -> dict:
               "queries": len(set(scores["query_id"].to_pylist())),
               "seconds_judging": (float(max(r["finished_at"] for r in scored) - min(r["started_at"] for r in scored))
                                   if scored else 0.0)}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts, "model": model,
-                                                                       "backend": config.judge.backend},
-                                   options) | {"skipped": False}
+    return {"rows": counts, "model": model, "backend": config.judge.backend}
+
+
+stage = Stage(STAGE, build, fingerprint_payload, inputs=(retrieve.STAGE,))
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def read_scores(run_dir: str, storage_options: dict | None = None) -> pa.Table:

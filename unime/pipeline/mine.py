@@ -19,8 +19,9 @@ from unime.data import schemas
 from unime.data.mined import write_mined
 from unime.data.storage import join, write_bytes
 from unime.mining import is_false_negative, score_lookup, select_hard_negatives
-from unime.pipeline import ingest, judge, manifest, retrieve
+from unime.pipeline import ingest, judge, retrieve
 from unime.pipeline.common import read_parquet_dir, write_parquet
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "mine"
 SKIP_REASON = "no pool candidate survives the false-negative filter"
@@ -79,15 +80,9 @@ def released(record: dict) -> dict:
     return {name: record[name] for name in schemas.MINED.names}
 
 
-def run(config: PipelineConfig) -> dict:
+def build(context: Context) -> dict:
+    config = context.config
     run_dir, options = config.run_dir, config.data.storage_options
-    upstream = manifest.read_manifest(run_dir, judge.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"mine needs the judge stage's output under {run_dir}")
-    stage_fingerprint = manifest.fingerprint({"judge": upstream["fingerprint"], "mining": fingerprint_view(config.mining)})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, STAGE, options) | {"skipped": True}
-
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], options)
     pools = read_parquet_dir(retrieve.output_path(run_dir), options)
     records, skipped, stats = mine_pairs(pairs, pools, judge.read_scores(run_dir, options),
@@ -98,8 +93,14 @@ def run(config: PipelineConfig) -> dict:
     write_parquet(pa.Table.from_pylist(records, schema=MINED_WITH_IDS), join(run_dir, STAGE, "mined.parquet"), options)
     write_parquet(pa.Table.from_pylist(skipped, schema=SKIPPED), join(run_dir, STAGE, "skipped.parquet"), options)
     write_bytes(join(run_dir, STAGE, "summary.json"), json.dumps(stats, indent=2).encode() + b"\n", options)
-    rows = {k: stats[k] for k in ("pairs_in", "records_out", "skipped", "false_negatives_filtered")}
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": rows}, options) | {"skipped": False}
+    return {"rows": {k: stats[k] for k in ("pairs_in", "records_out", "skipped", "false_negatives_filtered")}}
+
+
+stage = Stage(STAGE, build, lambda config: {"mining": fingerprint_view(config.mining)}, inputs=(judge.STAGE,))
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from unime.config import fingerprint_view
+from unime.config import PipelineConfig, fingerprint_view
 from unime.data.storage import arrow_filesystem, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from unime.models.checkpoints import local_checkpoint
-from unime.pipeline import manifest, mine
+from unime.pipeline import mine
+from unime.pipeline.stage import Context, Stage
 from unime.train.base import materialise_full, merge_adapter
 
 
@@ -104,27 +106,29 @@ def claim_checkpoints(run_dir: str, stage: str, stage_fingerprint: str, storage_
     write_bytes(marker, stage_fingerprint.encode(), storage_options)
 
 
-def run_training_stage(config, stage: str, train, base_model: str, inputs: dict, build) -> dict:
-    """The shared body of the training stages: skip when complete, else fit, publish, record.
+def training_stage(name: str, section: str, role: str, inputs: Callable[[PipelineConfig], dict],
+                   build: Callable[[PipelineConfig], tuple]) -> Stage:
+    """A training stage over the mined records: fit on Ray Train, publish, count.
 
-    ``inputs``: how the model is fed (recipe, pixel and token budgets; part of the fingerprint).
-    ``build()`` returns ``(TorchTrainer, number of training examples)``.
+    ``section``: the config section of its hyper-parameters (``train_embedder``); ``role``:
+    the ``models`` field of its base checkpoint; ``inputs``: how the model is fed (recipe,
+    pixel and token budgets; part of the fingerprint); ``build(config)`` returns
+    ``(TorchTrainer, number of training examples)``.
     """
-    run_dir, options = config.run_dir, config.data.storage_options
-    upstream = manifest.read_manifest(run_dir, mine.STAGE, options)
-    if upstream is None:
-        raise RuntimeError(f"{stage} needs the mine stage's output under {run_dir}")
-    learned = fingerprint_view(train)
-    stage_fingerprint = manifest.fingerprint({"mine": upstream["fingerprint"], "train": learned,
-                                              "model": base_model, "dtype": config.models.dtype,
-                                              "inputs": inputs})
-    if manifest.is_complete(run_dir, stage, stage_fingerprint, options):
-        return manifest.read_manifest(run_dir, stage, options) | {"skipped": True}
-    claim_checkpoints(run_dir, stage, stage_fingerprint, options)
-    trainer, examples = build()
-    progress, published = publish(trainer.fit(), base_model, run_dir, stage, train, config.models.dtype, options)
-    losses = progress["losses"]
-    rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1],
-            "skipped_over_token_budget": progress.get("skipped_examples", 0)}
-    return manifest.write_manifest(run_dir, stage, stage_fingerprint, {"rows": rows, "published_by": published},
-                                   options) | {"skipped": False}
+    def payload(config: PipelineConfig) -> dict:
+        return {"train": fingerprint_view(getattr(config, section)), "model": getattr(config.models, role),
+                "dtype": config.models.dtype, "inputs": inputs(config)}
+
+    def run(context: Context) -> dict:
+        config = context.config
+        run_dir, options = config.run_dir, config.data.storage_options
+        claim_checkpoints(run_dir, name, context.fingerprint, options)
+        trainer, examples = build(config)
+        progress, published = publish(trainer.fit(), getattr(config.models, role), run_dir, name,
+                                      getattr(config, section), config.models.dtype, options)
+        losses = progress["losses"]
+        rows = {"examples": examples, "steps": progress["step"], "first_loss": losses[0], "final_loss": losses[-1],
+                "skipped_over_token_budget": progress.get("skipped_examples", 0)}
+        return {"rows": rows, "published_by": published}
+
+    return Stage(name, run, payload, inputs=(mine.STAGE,))

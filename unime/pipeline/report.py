@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import time
 
 import pyarrow as pa
 
@@ -21,6 +20,7 @@ from unime.data.storage import exists, join, read_bytes, read_json, write_bytes
 from unime.pipeline import evaluate, manifest, mine, train_embedder, train_reranker
 from unime.pipeline.common import read_parquet_dir
 from unime.pipeline.demo_checks import Check, demo_checks, filter_truth
+from unime.pipeline.stage import Context, Stage
 from unime.reporting import (
     Section,
     figure,
@@ -40,18 +40,6 @@ GALLERY_NEGATIVES = 5
 
 def timings_path(run_dir: str) -> str:
     return join(run_dir, STAGE, TIMINGS)
-
-
-def record_timings(run_dir: str, results: dict[str, dict], seconds: dict[str, float], options: dict | None) -> None:
-    """Merge this run's stage timings into ``report/timings.json`` (a skipped stage keeps the
-    seconds of the run that did its work)."""
-    timings = read_json(timings_path(run_dir), options) or {}
-    for stage, result in results.items():
-        previous = timings.get(stage, {})
-        skipped = bool(result.get("skipped"))
-        timings[stage] = {"seconds": previous.get("seconds") if skipped else seconds[stage],
-                          "skipped_last_run": skipped, "last_run_at": time.time()}
-    write_bytes(timings_path(run_dir), json.dumps(timings, indent=2).encode(), options)
 
 
 def missing(stage: str) -> str:
@@ -179,9 +167,8 @@ def evaluation_section(config: PipelineConfig) -> Section:
     return Section("evaluation", "Evaluation before and after reranking", body)
 
 
-def run(config: PipelineConfig) -> dict:
-    from unime.pipeline.runner import STAGES
-
+def build(context: Context) -> dict:
+    config = context.config
     run_dir, options = config.run_dir, config.data.storage_options
     summary = read_json(mine.output_paths(run_dir)["summary"], options)
     mined_path = mine.output_paths(run_dir)["mined_table"]
@@ -189,7 +176,7 @@ def run(config: PipelineConfig) -> dict:
     written: dict[str, bytes] = {}
     truth = filter_truth(config) if summary is not None else None
     shown = gallery_records(records)
-    sections = [stages_section(config, [s for s in STAGES if s != STAGE]), judge_section(summary, written),
+    sections = [stages_section(config, [s for s in context.pipeline if s != STAGE]), judge_section(summary, written),
                 filter_section(config, summary, truth), gallery_section(config, records, shown),
                 training_section(config, written), evaluation_section(config)]
     checks = demo_checks(config, truth, shown)
@@ -201,7 +188,11 @@ def run(config: PipelineConfig) -> dict:
         write_bytes(join(run_dir, STAGE, name), png, options)
     write_bytes(output_path(run_dir), page.encode(), options)
     return {"rows": {"sections": len(sections), "figures": len(written), "bytes": len(page)},
-            "path": output_path(run_dir), "skipped": False}
+            "path": output_path(run_dir)}
+
+
+# cheap, and a view of the run dir as it is: it runs every time
+stage = Stage(STAGE, build, cached=False)
 
 
 def checks_section(checks: list[Check]) -> Section:

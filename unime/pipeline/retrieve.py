@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.storage import join, list_files
 from unime.mining import IndexSpec, retrieve_pool
-from unime.pipeline import embed, ingest, manifest
+from unime.pipeline import embed, ingest
 from unime.pipeline.common import embeddings_array, read_parquet_dir, write_parquet
+from unime.pipeline.stage import Context, Stage, run_stage
 
 STAGE = "retrieve"
 POOLS = pa.schema([("source", pa.string()), ("row_index", pa.int64()), ("dataset", pa.string()),
@@ -101,20 +102,19 @@ def per_dataset_pools(store: EmbeddingStore, pairs: pa.Table, config: PipelineCo
     return pool_ids, pool_sims
 
 
-def run(config: PipelineConfig) -> dict:
-    data, run_dir = config.data, config.run_dir
-    upstream = manifest.read_manifest(run_dir, embed.STAGE, data.storage_options)
-    if upstream is None:
-        raise RuntimeError(f"retrieve needs the embed stage's output under {run_dir}")
-    stage_fingerprint = manifest.fingerprint({"embed": upstream["fingerprint"], "mining": fingerprint_view(config.mining)})
-    if manifest.is_complete(run_dir, STAGE, stage_fingerprint, data.storage_options):
-        return manifest.read_manifest(run_dir, STAGE, data.storage_options) | {"skipped": True}
+def build(context: Context) -> dict:
     import ray
 
+    config = context.config
     task = ray.remote(retrieve_pools).options(name="retrieve_pools", **config.mining.placement.remote_options())
-    counts = ray.get(task.remote(config))
-    return manifest.write_manifest(run_dir, STAGE, stage_fingerprint, {"rows": counts},
-                                   data.storage_options) | {"skipped": False}
+    return {"rows": ray.get(task.remote(config))}
+
+
+stage = Stage(STAGE, build, lambda config: {"mining": fingerprint_view(config.mining)}, inputs=(embed.STAGE,))
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def retrieve_pools(config: PipelineConfig) -> dict:

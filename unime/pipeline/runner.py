@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from unime.config import PipelineConfig
-from unime.data.storage import is_remote
+from unime.data.storage import is_remote, read_json, write_bytes
 from unime.monitoring import record
 from unime.pipeline import (
     build_index,
@@ -23,20 +22,10 @@ from unime.pipeline import (
     train_embedder,
     train_reranker,
 )
+from unime.pipeline.stage import Stage, run_stage
 
-STAGES: dict[str, Callable[[PipelineConfig], dict]] = {
-    "ingest": lambda config: ingest.run(config.data, config.run_dir, config.ray.data_task_resources),
-    "embed": embed.run,
-    "retrieve": retrieve.run,
-    "judge": judge.run,
-    "mine": mine.run,
-    "train_embedder": train_embedder.run,
-    "train_reranker": train_reranker.run,
-    "evaluate": evaluate.run,
-    "index": build_index.run,
-    "serve": deploy.run,
-    "report": report.run,
-}
+STAGES: dict[str, Stage] = {module.stage.name: module.stage for module in (
+    ingest, embed, retrieve, judge, mine, train_embedder, train_reranker, evaluate, build_index, deploy, report)}
 MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 
 
@@ -74,30 +63,40 @@ def absolute_local_paths(config: PipelineConfig) -> None:
 
 
 def run_stages(config: PipelineConfig, stages: list[str] | None = None, log=print) -> dict[str, dict]:
-    """Run ``stages`` (default: the config's) in order; each skips itself when complete.
+    """Run ``stages`` (default: the config's) in order; each is skipped when its manifest
+    matches (:func:`unime.pipeline.stage.run_stage`).
 
-    Each stage's counts and seconds go to the metrics (:mod:`unime.monitoring`) and to
-    ``report/timings.json``, which the report stage reads.
+    After each stage its counts and seconds go to the metrics (:mod:`unime.monitoring`) and
+    its timing to ``report/timings.json``, which the report stage reads.
     """
     stages = stages or config.stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
-    results, seconds = {}, {}
-    for stage in stages:
+    results = {}
+    for name in stages:
         started = time.perf_counter()
-        if stage == report.STAGE:  # the report reads the timings of the stages before it
-            report.record_timings(config.run_dir, results, seconds, config.data.storage_options)
-        results[stage] = STAGES[stage](config)
-        seconds[stage] = time.perf_counter() - started
-        skipped = results[stage].get("skipped")
+        results[name] = run_stage(STAGES[name], config, pipeline=tuple(STAGES))
+        seconds = time.perf_counter() - started
+        skipped = results[name].get("skipped")
         if not skipped:
-            _record_metrics(stage, results[stage], seconds[stage])
+            _record_metrics(name, results[name], seconds)
+        record_timing(config, name, seconds, skipped)
         state = "skipped (manifest matches)" if skipped else "done"
-        log(f"[{stage}] {state} in {seconds[stage]:.1f}s: {json.dumps(results[stage].get('rows', {}))}")
-    if report.STAGE not in stages:
-        report.record_timings(config.run_dir, results, seconds, config.data.storage_options)
+        log(f"[{name}] {state} in {seconds:.1f}s: {json.dumps(results[name].get('rows', {}))}")
     return results
+
+
+def record_timing(config: PipelineConfig, stage: str, seconds: float, skipped: bool) -> None:
+    """Merge a stage's timing into ``report/timings.json`` (a skipped stage keeps the seconds
+    of the run that did its work)."""
+    options = config.data.storage_options
+    path = report.timings_path(config.run_dir)
+    timings = read_json(path, options) or {}
+    previous = timings.get(stage, {})
+    timings[stage] = {"seconds": previous.get("seconds") if skipped else seconds,
+                      "skipped_last_run": bool(skipped), "last_run_at": time.time()}
+    write_bytes(path, json.dumps(timings, indent=2).encode(), options)
 
 
 def _record_metrics(stage: str, result: dict, seconds: float) -> None:

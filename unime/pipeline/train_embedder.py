@@ -18,7 +18,8 @@ from unime.config import PipelineConfig
 from unime.data.storage import join
 from unime.pipeline import mine
 from unime.pipeline.common import read_parquet_dir
-from unime.pipeline.ray_train import run_training_stage, torch_trainer
+from unime.pipeline.ray_train import torch_trainer, training_stage
+from unime.pipeline.stage import run_stage
 from unime.train.embedder import train_loop_per_worker, training_examples
 
 STAGE = "train_embedder"
@@ -47,13 +48,16 @@ def examples_dataset(config: PipelineConfig):
     return ray.data.from_arrow(examples.take(order)), examples.num_rows
 
 
-def run(config: PipelineConfig) -> dict:
-    def build():
-        dataset, examples = examples_dataset(config)
-        return make_trainer(config, dataset), examples
+def build(config: PipelineConfig):
+    dataset, examples = examples_dataset(config)
+    return make_trainer(config, dataset), examples
 
-    return run_training_stage(config, STAGE, config.train_embedder, config.models.embedder, config.embedder_inputs(),
-                              build)
+
+stage = training_stage(STAGE, "train_embedder", "embedder", PipelineConfig.embedder_inputs, build)
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

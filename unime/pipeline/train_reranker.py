@@ -16,7 +16,8 @@ from unime.config import PipelineConfig
 from unime.data.storage import join
 from unime.pipeline import mine
 from unime.pipeline.common import read_parquet_dir
-from unime.pipeline.ray_train import run_training_stage, torch_trainer
+from unime.pipeline.ray_train import torch_trainer, training_stage
+from unime.pipeline.stage import run_stage
 from unime.train.reranker import reranker_examples, train_loop_per_worker
 
 STAGE = "train_reranker"
@@ -61,13 +62,16 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
                          {"train": ray.data.from_arrow(table)}, data.storage_options)
 
 
-def run(config: PipelineConfig) -> dict:
-    def build():
-        table = examples(config)
-        return make_trainer(config, table), table.num_rows
+def build(config: PipelineConfig):
+    table = examples(config)
+    return make_trainer(config, table), table.num_rows
 
-    return run_training_stage(config, STAGE, config.train_reranker, config.models.reranker, config.reranker_inputs(),
-                              build)
+
+stage = training_stage(STAGE, "train_reranker", "reranker", PipelineConfig.reranker_inputs, build)
+
+
+def run(config: PipelineConfig) -> dict:
+    return run_stage(stage, config)
 
 
 def output_paths(run_dir: str) -> dict[str, str]:

@@ -1,0 +1,89 @@
+"""What a pipeline stage is, and the one place that decides whether it runs.
+
+A :class:`Stage` declares its name, the stages whose outputs it reads (``inputs``), what
+else decides its output (``fingerprint``), and ``run(context) -> manifest body``. It never
+reads or writes its own manifest: :func:`run_stage` does, with one rule for every stage:
+
+- the fingerprint is the inputs' fingerprints plus the stage's own payload, and a stage whose
+  manifest records the same fingerprint is complete and skipped;
+- where work runs and how big its engines are (:data:`unime.config.RUNTIME_ONLY`) is never
+  part of a payload (:func:`unime.config.fingerprint_view` leaves it out), so moving work
+  never reruns it;
+- a stage with ``cached=False`` (a deployment, the report) runs every time and writes no
+  manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from unime.config import PipelineConfig
+from unime.data.storage import join
+from unime.pipeline import manifest
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's outputs: the root (local or ``s3://``), its filesystem options, each stage's
+    folder and manifest."""
+
+    root: str
+    storage_options: dict = field(default_factory=dict)
+
+    def path(self, stage: str, *parts: str) -> str:
+        return join(self.root, stage, *parts)
+
+    def manifest(self, stage: str) -> dict | None:
+        return manifest.read_manifest(self.root, stage, self.storage_options)
+
+
+@dataclass
+class Context:
+    """What a stage's ``run`` gets: the config, the run dir, its inputs' manifests, the
+    fingerprint it will be recorded under (None for uncached stages) and the pipeline's
+    stage names in order."""
+
+    config: PipelineConfig
+    run_dir: RunDir
+    inputs: dict[str, dict]
+    fingerprint: str | None
+    pipeline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], dict]
+    fingerprint: Callable[[PipelineConfig], Any] = lambda config: {}
+    inputs: tuple[str, ...] = ()
+    cached: bool = True
+
+
+def run_dir_of(config: PipelineConfig) -> RunDir:
+    return RunDir(config.run_dir, config.data.storage_options)
+
+
+def stage_fingerprint(stage: Stage, config: PipelineConfig, inputs: dict[str, dict]) -> str:
+    payload = stage.fingerprint(config)
+    return manifest.fingerprint({**{name: found["fingerprint"] for name, found in inputs.items()}, **payload})
+
+
+def run_stage(stage: Stage, config: PipelineConfig, pipeline: tuple[str, ...] = ()) -> dict:
+    """Run ``stage`` unless its manifest matches; returns the manifest plus ``skipped``."""
+    run_dir = run_dir_of(config)
+    inputs = {}
+    for name in stage.inputs:
+        found = run_dir.manifest(name)
+        if found is None:
+            raise RuntimeError(f"{stage.name} needs the {name} stage's output under {run_dir.root}")
+        inputs[name] = found
+    if not stage.cached:
+        return stage.run(Context(config, run_dir, inputs, None, pipeline)) | {"skipped": False}
+    fingerprint = stage_fingerprint(stage, config, inputs)
+    if manifest.is_complete(run_dir.root, stage.name, fingerprint, run_dir.storage_options):
+        return run_dir.manifest(stage.name) | {"skipped": True}
+    body = stage.run(Context(config, run_dir, inputs, fingerprint, pipeline))
+    return manifest.write_manifest(run_dir.root, stage.name, fingerprint, body,
+                                   run_dir.storage_options) | {"skipped": False}
