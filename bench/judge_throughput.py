@@ -627,43 +627,6 @@ def _parameters(checkpoint: Path) -> int:
     return total
 
 
-# -- the previous shapes: the demo's short prompts at the default recipe, which
-# bench/scale_on_paper.py still measures its judge forward on ------------------------------
-def demo_requests(corpus: Path, queries: int, pool: int):
-    """Judge requests like the stage's: DemoI2T/DemoT2I queries + [positive, pool...] from
-    every candidate (the shapes this bench measured before; kept for bench/scale_on_paper.py)."""
-    import pyarrow as pa
-
-    from unime.data import read_pairs
-    from unime.pipeline.embed import unique_items
-    from unime.pipeline.judge import judge_requests
-
-    pairs, _ = read_pairs([str(corpus / "train" / "DemoI2T"), str(corpus / "train" / "DemoT2I")],
-                          image_root=str(corpus))
-    pairs = pairs.take(list(range(0, pairs.num_rows, max(1, pairs.num_rows // queries)))[:queries])
-    rng = np.random.default_rng(0)
-    items = unique_items(read_pairs([str(corpus / "train")], image_root=str(corpus))[0])
-    candidate_ids = [i for i, c in zip(items["id"].to_pylist(), items["is_candidate"].to_pylist()) if c]
-    pools = [list(rng.choice([c for c in candidate_ids if c != p], size=pool, replace=False))
-             for p in pairs["pos_id"].to_pylist()]
-    table = pa.table({"query_id": pairs["query_id"], "pos_id": pairs["pos_id"], "pool_ids": pools})
-    return judge_requests(table, items)
-
-
-def chats_of(requests, image_root: Path):
-    """Each query's chats with raw (unprepared) images (the previous shapes; bench/scale_on_paper.py)."""
-    from unime.data.images import ImageCache, ImageLimits
-    from unime.judge import build_judge_messages
-
-    images = ImageCache(str(image_root), ImageLimits())
-    per_query = []
-    for row in requests.to_pylist():
-        query_image = images.get(row["query_image"])
-        per_query.append([build_judge_messages(row["query_text"], query_image, t, images.get(i))
-                          for t, i in zip(row["candidate_texts"], row["candidate_images"])])
-    return per_query
-
-
 def openmp_preload() -> str | None:
     """LD_PRELOAD with torch's libgomp, as vLLM's CPU platform sets it for the processes it
     starts (without it, vLLM's thread binding leaves a process that loaded another OpenMP

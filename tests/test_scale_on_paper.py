@@ -30,3 +30,5 @@ def test_hours_follow_nodes_and_efficiency():
     expected = 51e6 * 400 * 2 * 8.3e9 / (0.5 * 989e12) / 3600
     assert judge_1 == pytest.approx(expected, rel=1e-2)
     assert table[0][-1] == "judge"
+    reused = rows(bench.plan(MEASURED, 1_000_000, 51, nodes, cpu_node_cores=2, prefix_reuse=0.75))
+    assert float(reused[0][2]) == pytest.approx(judge_1 / 4, rel=1e-2)  # a quarter of the tokens computed
