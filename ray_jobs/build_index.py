@@ -1,6 +1,6 @@
 """Build the search index of a corpus as one Ray job: ingest -> index.
 
-    python ray_jobs/build_index.py --config configs/demo.yaml [index.kind=hnsw] [index.corpus=[s3://...]]
+    python ray_jobs/build_index.py --config configs/demo.yaml [index.faiss.kind=hnsw] [index.corpus=[s3://...]]
 
 Writes ``<run_dir>/index/artifact/`` (FAISS index, id -> record table, manifest naming the
 embedder checkpoint), local or s3://.

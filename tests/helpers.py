@@ -73,7 +73,7 @@ def pipeline_overrides(demo_dir, tiny_dir, run_dir) -> list[str]:
         "train_embedder.num_hard_negatives=3", "train_embedder.gradcache_chunk=8", "train_embedder.max_steps=6",
         "train_embedder.checkpoint_every=3", "train_reranker.epochs=1", "train_reranker.max_steps=12", "train_reranker.listwise_candidates=3",
         "train_reranker.checkpoint_every=1000", "eval.rerank_k=4", "eval.rerank_modes=[pairwise]",
-        "eval.actors.num_cpus=0.5", "index.kind=flat", "index.corpus=[]",
+        "eval.actors.num_cpus=0.5", "index.faiss.kind=flat", "index.corpus=[]",
         # the session's cluster may hold Serve replicas: trainers take half a CPU, not both
         "train_embedder.cpus_per_worker=0.5", "train_reranker.cpus_per_worker=0.5")
 

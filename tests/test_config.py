@@ -133,6 +133,6 @@ def test_where_and_how_big_work_runs_never_reaches_a_fingerprint():
     for name in sections:
         assert fingerprint_view(getattr(base, name)) == fingerprint_view(getattr(moved, name)), name
     changed = load_config(None, ["mining.beta=0.05", "judge.max_pixels=1000", "train_reranker.lr=1e-3",
-                                 "eval.rerank_k=5", "index.nprobe=4", "data.limits.max_pixels=99"])
+                                 "eval.rerank_k=5", "index.faiss.nprobe=4", "data.limits.max_pixels=99"])
     for name in ("mining", "judge", "train_reranker", "eval", "index", "data"):
         assert fingerprint_view(getattr(base, name)) != fingerprint_view(getattr(changed, name)), name

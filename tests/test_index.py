@@ -66,7 +66,7 @@ def test_index_stage_indexes_the_corpus_positives(ray_cluster, demo_dir, tiny_di
     from unime.models import Embedder, EmbedItem
     from unime.pipeline import build_index, ingest
 
-    config = mining_config(demo_dir, tiny_dir, tmp_path, "index.kind=flat")
+    config = mining_config(demo_dir, tiny_dir, tmp_path, "index.faiss.kind=flat")
     ingest.run(config.data, config.run_dir)
     result = build_index.run(config)
     artifact = load_index(build_index.output_path(str(tmp_path)))

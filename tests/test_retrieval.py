@@ -158,3 +158,11 @@ def test_searches_capped_below_the_gpu_k_limit_finish_on_the_cpu_index(data, kin
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-6)
     assert widths and max(widths) == 16  # the capped index never searched wider; the CPU copy finished
+
+
+def test_the_pool_retrieval_refuses_hnsw(data):
+    """One IndexSpec serves retrieval and the search index; only the index can be HNSW (the pool
+    search widens past everything at least as similar as the positive)."""
+    queries, candidates, positive_ids = data
+    with pytest.raises(ValueError, match="'flat' or 'ivf'"):
+        retrieve_pool(queries, candidates, positive_ids, k=10, index=IndexSpec("hnsw"))

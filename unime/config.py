@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from unime.data.images import ImageLimits
+from unime.mining.retrieval import IndexSpec
 from unime.models.recipes import InputFormat, Resolution
 
 
@@ -234,11 +235,7 @@ class IndexConfig:
 
     corpus: list[str] = field(default_factory=list)
     embedder: str | None = None
-    kind: Literal["flat", "ivf", "hnsw"] = "flat"
-    nlist: int = 1024
-    nprobe: int = 32
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    faiss: IndexSpec = field(default_factory=IndexSpec)
     # where the index is built (a FAISS GPU builds flat and IVF indexes when asked for)
     placement: TaskConfig = field(default_factory=TaskConfig)
 
@@ -320,13 +317,10 @@ class MiningConfig:
     num_negatives: int = 10
     beta: float = 0.01
     global_pool: bool = True
-    index: Literal["flat", "ivf"] = "flat"
-    ivf_nlist: int = 4096
-    ivf_nprobe: int = 64
-    # the coarse quantiser's k-means: rows it learns from, and passes (FAISS's default 25; at
+    # the retrieval's FAISS index, flat or ivf (the same shape as index.faiss). For IVF the
+    # coarse quantiser's k-means learns from train_size rows in train_iterations passes (at
     # 1M x 1,536, 10 passes on 262k rows reached recall@50 0.95 at nprobe 8: docs/benchmarks.md)
-    ivf_train_size: int = 262_144
-    ivf_train_iterations: int = 25
+    faiss: IndexSpec = field(default_factory=IndexSpec)
     query_chunk: int = 65536
     # where the global retrieval runs (one Ray task; e.g. {num_gpus: 1, resources: {judge_gpu: 1}}
     # for FAISS on a GPU node), never on the driver's head node
@@ -335,6 +329,8 @@ class MiningConfig:
     def __post_init__(self):
         _check(self.pool_size >= self.num_negatives > 0, "pool_size", "needs pool_size >= num_negatives > 0")
         _check(self.beta >= 0, "beta", "must be >= 0")
+        _check(self.faiss.kind != "hnsw", "faiss.kind", "the pool retrieval needs 'flat' or 'ivf' (searches widen "
+               "past the positive, which HNSW cannot do exactly)")
 
 
 @dataclass

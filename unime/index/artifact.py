@@ -19,48 +19,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unime.data.storage import join, read_bytes, write_bytes
-from unime.mining.retrieval import use_faiss_gpu
+from unime.mining.retrieval import IndexSpec, build_ivf
+
+EXACT = IndexSpec()  # flat: exact inner product
 
 
-@dataclass(frozen=True)
-class IndexSpec:
-    """``flat`` (exact), ``ivf`` (``nlist`` lists, ``nprobe`` probed) or ``hnsw`` (``hnsw_m`` links)."""
-
-    kind: str = "flat"
-    nlist: int = 1024
-    nprobe: int = 32
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    use_gpu: bool | None = None  # None: build on GPU when faiss sees one (flat and IVF)
-
-    def __post_init__(self):
-        if self.kind not in ("flat", "ivf", "hnsw"):
-            raise ValueError(f"index kind {self.kind!r}: expected flat, ivf or hnsw")
-
-
-def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
-    """An inner-product FAISS index over L2-normalised ``vectors`` (returned on the CPU)."""
+def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = EXACT):
+    """An inner-product FAISS index over L2-normalised ``vectors`` (returned on the CPU); IVF
+    is the mining retrieval's own builder."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
-    if spec.kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif spec.kind == "ivf":
-        nlist = max(1, min(spec.nlist, len(vectors) // 39))  # FAISS wants >= 39 points per list
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = min(spec.nprobe, nlist)
-    else:
+    if spec.kind == "ivf":
+        return build_ivf(vectors, spec)
+    if spec.kind == "hnsw":  # FAISS has no GPU HNSW
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = spec.hnsw_ef_search
-    if spec.kind != "hnsw" and use_faiss_gpu(spec.use_gpu):  # FAISS has no GPU HNSW
-        built = faiss.index_cpu_to_all_gpus(index)
-        if spec.kind == "ivf":
-            built.train(vectors)
-        built.add(vectors)
-        return faiss.index_gpu_to_cpu(built)
-    if spec.kind == "ivf":
-        index.train(vectors)
+        index.add(vectors)
+        return index
+    index = faiss.IndexFlatIP(dim)
     index.add(vectors)
     return index
 
@@ -109,7 +87,7 @@ class IndexArtifact:
                              f"{inputs}: deploy with the index's models.input_format / image_resolution")
 
 
-def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: str, spec: IndexSpec = IndexSpec(),
+def write_index(folder: str, vectors: np.ndarray, records: pa.Table, embedder: str, spec: IndexSpec = EXACT,
                 storage_options: dict | None = None, inputs: dict | None = None) -> dict:
     """Build and write the artefact; the manifest is written last. ``inputs``: the embedder's
     input recipe and image resolution, recorded for the retriever's check."""

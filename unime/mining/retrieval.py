@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,22 +19,30 @@ GPU_MAX_K = 2048  # the largest k (and nprobe) FAISS's GPU k-selection takes
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """``flat`` is exact; ``ivf`` clusters into ``nlist`` lists and probes ``nprobe`` of them."""
+    """A FAISS inner-product index, for the mining retrieval and the search index alike.
 
-    kind: str = "flat"
-    nlist: int = 4096
-    nprobe: int = 64
+    ``flat`` is exact; ``ivf`` clusters into ``nlist`` lists and probes ``nprobe`` of them,
+    its coarse quantiser learning from ``train_size`` rows drawn uniformly from the whole pool
+    in ``train_iterations`` k-means passes (FAISS's own default is 25); ``hnsw`` links each
+    vector to ``hnsw_m`` neighbours and searches ``hnsw_ef_search`` wide (search index only:
+    the mining retrieval widens its searches, which HNSW cannot do exactly).
+    """
+
+    kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
     use_gpu: bool | None = None  # None: on when CUDA and faiss GPU support are both present
     train_size: int = 262_144
-    # k-means passes of the coarse quantiser's training (FAISS's own default is 25)
     train_iterations: int = 25
     # the widest search one index call makes (None: GPU_MAX_K on a GPU, unbounded on the CPU);
     # queries that need a wider one are finished on the index's CPU copy
     max_search_k: int | None = None
 
     def __post_init__(self):
-        if self.kind not in ("flat", "ivf"):
-            raise ValueError(f"index kind {self.kind!r}: expected 'flat' or 'ivf'")
+        if self.kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"index kind {self.kind!r}: expected 'flat', 'ivf' or 'hnsw'")
 
 
 def _shards(candidates: ShardSource) -> Iterable[np.ndarray]:
@@ -160,7 +169,8 @@ def uniform_sample(candidates: ShardSource, size: int, seed: int = 0) -> tuple[n
 
 
 def build_ivf(candidates: ShardSource, spec: IndexSpec):
-    """An IVF-flat inner-product index over every shard (on the CPU), ``nprobe`` set."""
+    """An IVF-flat inner-product index over every shard, ``nprobe`` set; built on the GPU when
+    the spec says so (:func:`use_faiss_gpu`), returned on the CPU."""
     import faiss
 
     # The coarse quantiser learns from a uniform sample of the whole pool: shards come sorted
@@ -171,9 +181,14 @@ def build_ivf(candidates: ShardSource, spec: IndexSpec):
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist,
                                faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = spec.train_iterations
-    index.train(sample)
+    on_gpu = use_faiss_gpu(spec.use_gpu)
+    building = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+    if on_gpu and hasattr(building, "cp"):
+        building.cp.niter = spec.train_iterations
+    building.train(sample)
     for shard in _shards(candidates):  # a second pass: shard loaders run again
-        index.add(_f32(shard))
+        building.add(_f32(shard))
+    index = faiss.index_gpu_to_cpu(building) if on_gpu else index
     index.nprobe = min(spec.nprobe, index.nlist)
     return index
 
@@ -208,6 +223,9 @@ def retrieve_pool(query_embeddings: np.ndarray, candidate_embeddings: ShardSourc
         dropped before the top-k.
     """
     spec = IndexSpec(kind=index) if isinstance(index, str) else index
+    if spec.kind == "hnsw":
+        raise ValueError("the pool retrieval needs a 'flat' or 'ivf' index: it widens its searches past "
+                         "everything at least as similar as the positive, which HNSW cannot do exactly")
     queries = _f32(query_embeddings)
     positive_ids = np.asarray(positive_ids, dtype=np.int64)
     if len(positive_ids) != len(queries):

@@ -9,12 +9,14 @@ placed by ``index.placement`` (on a GPU when it asks for one). Output
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow.compute as pc
 
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.readers import read_pairs
 from unime.data.storage import join
-from unime.index import IndexSpec, write_index
+from unime.index import write_index
 from unime.pipeline import ingest, manifest, train_embedder
 from unime.pipeline.common import read_parquet_dir, write_parquet
 from unime.pipeline.embed import embed_items, unique_items
@@ -84,12 +86,11 @@ def run(config: PipelineConfig) -> dict:
 
 def build_artifact(config: PipelineConfig, embedder: str, records) -> dict:
     """The FAISS build and the artefact's write (a Ray task): the records' vectors from the
-    stage's embeddings, the index of ``index.kind``; the artefact's manifest."""
+    stage's embeddings, the index of ``index.faiss``; the artefact's manifest."""
     spec = config.index
     vectors = EmbeddingStore(join(config.run_dir, STAGE, "embeddings"), config.data.storage_options).vectors(
         records["id"].to_pylist())
-    index_spec = IndexSpec(spec.kind, spec.nlist, spec.nprobe, spec.hnsw_m, spec.hnsw_ef_search,
-                           use_gpu=True if spec.placement.num_gpus else None)
+    index_spec = dataclasses.replace(spec.faiss, use_gpu=True if spec.placement.num_gpus else None)
     return write_index(output_path(config.run_dir), vectors, records, embedder, index_spec,
                        config.data.storage_options, config.embedder_inputs())
 

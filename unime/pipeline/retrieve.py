@@ -10,13 +10,15 @@ best first.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.storage import join, list_files
-from unime.mining import IndexSpec, retrieve_pool
+from unime.mining import retrieve_pool
 from unime.pipeline import embed, ingest
 from unime.pipeline.common import embeddings_array, read_parquet_dir, write_parquet
 from unime.pipeline.stage import Context, Stage, run_stage
@@ -70,8 +72,7 @@ def _pool_rows(ids: list[str], rows: np.ndarray, sims: np.ndarray) -> tuple[list
 def global_pools(store: EmbeddingStore, pairs: pa.Table, config: PipelineConfig) -> tuple[list, list]:
     mining = config.mining
     # a task that was given a GPU searches on it (or fails where faiss sees none); else FAISS's own choice
-    spec = IndexSpec(mining.index, mining.ivf_nlist, mining.ivf_nprobe, use_gpu=True if mining.placement.num_gpus else None,
-                     train_size=mining.ivf_train_size, train_iterations=mining.ivf_train_iterations)
+    spec = dataclasses.replace(mining.faiss, use_gpu=True if mining.placement.num_gpus else None)
     query_ids, pos_ids = pairs["query_id"].to_pylist(), pairs["pos_id"].to_pylist()
     shards = store.candidate_shards()
     pool_ids, pool_sims = [], []
