@@ -88,3 +88,25 @@ def test_models_load_from_s3_and_embed_like_the_local_copy(remote_embedder, s3_s
 def test_a_missing_checkpoint_names_its_url(s3_server, cache):
     with pytest.raises(FileNotFoundError, match="s3://unime-test/nothing-here"):
         local_checkpoint("s3://unime-test/nothing-here", s3_server)
+
+
+def test_a_checkpoint_rebuilt_in_place_reruns_the_stages_that_read_it(tiny_dir, tmp_path):
+    """Stage fingerprints record each model's version (its files' listing), not only its path:
+    the same files keep every fingerprint, a rewritten weights file changes those of the
+    stages reading that model and no other."""
+    import shutil
+
+    from tests.helpers import mining_config
+    from unime.pipeline.runner import STAGES
+
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny_dir / "judge", judge)
+    config = mining_config(tmp_path, tiny_dir, tmp_path / "run", f"models.judge={judge}")
+    before = {name: STAGES[name].fingerprint(config) for name in ("embed", "judge")}
+    assert {name: STAGES[name].fingerprint(config) for name in before} == before
+    weights = next(judge.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b"\0")  # rebuilt: same path, other bytes
+    after = {name: STAGES[name].fingerprint(config) for name in before}
+    assert after["judge"] != before["judge"]
+    assert after["embed"]["version"] == before["embed"]["version"]
+    assert checkpoints.checkpoint_version("Qwen/Qwen2-VL-2B-Instruct") == "hub:Qwen/Qwen2-VL-2B-Instruct"

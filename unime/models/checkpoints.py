@@ -45,6 +45,16 @@ def remote_listing(url: str, storage_options: dict | None = None) -> tuple[list[
     return files, hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def checkpoint_version(name_or_path: str, storage_options: dict | None = None) -> str:
+    """What a stage fingerprint records of a checkpoint besides its name: the version its
+    files make (names, sizes, ETags or modification times; :func:`remote_listing`), for a
+    local folder as for one on an object store, so that a checkpoint rebuilt in place reruns
+    the stages that used it. A hub id is its own version (``hub:<id>``)."""
+    if not is_remote(name_or_path) and not Path(name_or_path).is_dir():
+        return f"hub:{name_or_path}"
+    return remote_listing(name_or_path, storage_options)[1]
+
+
 @contextlib.contextmanager
 def node_lock(path: Path):
     """An exclusive lock on ``path`` (a file) shared by every process of this node."""

@@ -21,7 +21,7 @@ from unime.pipeline import ingest, manifest, train_embedder
 from unime.pipeline.common import read_parquet_dir, write_parquet
 from unime.pipeline.embed import embed_items, unique_items
 from unime.pipeline.retrieve import EmbeddingStore
-from unime.pipeline.stage import Context, Stage, run_stage
+from unime.pipeline.stage import Context, Stage, model_versions, run_stage
 
 STAGE = "index"
 
@@ -57,7 +57,8 @@ def index_embedder(config: PipelineConfig) -> str:
 def fingerprint_payload(config: PipelineConfig) -> dict:
     trained = manifest.read_manifest(config.run_dir, train_embedder.STAGE, config.data.storage_options) or {}
     return {"source": corpus_source(config), "index": fingerprint_view(config.index),
-            "embedder": index_embedder(config), "inputs": config.embedder_inputs(),
+            "embedder": index_embedder(config), "version": model_versions(config, index_embedder(config)),
+            "inputs": config.embedder_inputs(),
             "trained": trained.get("fingerprint")}
 
 

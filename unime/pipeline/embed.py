@@ -29,7 +29,7 @@ from unime.pipeline.common import (
     read_parquet_dir,
     task_options,
 )
-from unime.pipeline.stage import Context, Stage, run_stage
+from unime.pipeline.stage import Context, Stage, model_versions, run_stage
 
 STAGE = "embed"
 
@@ -122,7 +122,8 @@ def embed_items(items: pa.Table, model: str, config: PipelineConfig, out: str, s
 
 
 def fingerprint_payload(config: PipelineConfig) -> dict:
-    return {"model": config.embed.model or config.models.embedder, "models": fingerprint_view(config.models),
+    model = config.embed.model or config.models.embedder
+    return {"model": model, "version": model_versions(config, model), "models": fingerprint_view(config.models),
             "embed": fingerprint_view(config.embed)}
 
 

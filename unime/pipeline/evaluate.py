@@ -36,7 +36,7 @@ from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import actor_options, write_parquet
 from unime.pipeline.embed import embed_items
 from unime.pipeline.retrieve import EmbeddingStore
-from unime.pipeline.stage import Context, Stage, run_stage
+from unime.pipeline.stage import Context, Stage, model_versions, run_stage
 from unime.reporting import figure_png, new_figure
 
 STAGE = "evaluate"
@@ -142,7 +142,8 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
     embedder, reranker = models_evaluated(config)
     trained = [manifest.read_manifest(config.run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     return {"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
-            "off_the_shelf": config.models.embedder, "data": [data.eval_dir, data.global_eval],
+            "off_the_shelf": config.models.embedder,
+            "versions": model_versions(config, embedder, reranker, config.models.embedder), "data": [data.eval_dir, data.global_eval],
             "trained": [u and u["fingerprint"] for u in trained],
             "inputs": [config.embedder_inputs(), config.reranker_inputs()]}
 

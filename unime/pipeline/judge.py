@@ -28,7 +28,7 @@ from unime.judge import Judge, PromptTooLongError, build_judge_messages, make_ju
 from unime.monitoring import record
 from unime.pipeline import embed, ingest, retrieve
 from unime.pipeline.common import actor_options, read_parquet_dir, write_parquet
-from unime.pipeline.stage import Context, Stage, run_stage
+from unime.pipeline.stage import Context, Stage, model_versions, run_stage
 
 STAGE = "judge"
 SCORES = pa.schema([("query_id", pa.string()), ("candidate_id", pa.string()), ("score", pa.float64())])
@@ -156,8 +156,9 @@ class JudgeShards:
 
 
 def fingerprint_payload(config: PipelineConfig) -> dict:
-    return {"judge": fingerprint_view(config.judge), "model": judge_model(config), "dtype": config.models.dtype,
-            "inputs": config.model_inputs()}
+    model = judge_model(config)
+    return {"judge": fingerprint_view(config.judge), "model": model, "version": model_versions(config, model),
+            "dtype": config.models.dtype, "inputs": config.model_inputs()}
 
 
 def judge_model(config: PipelineConfig) -> str:

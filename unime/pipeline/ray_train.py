@@ -12,7 +12,7 @@ from unime.config import PipelineConfig, fingerprint_view
 from unime.data.storage import arrow_filesystem, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from unime.models.checkpoints import local_checkpoint
 from unime.pipeline import mine
-from unime.pipeline.stage import Context, Stage
+from unime.pipeline.stage import Context, Stage, model_versions
 from unime.train.base import materialise_full, merge_adapter
 
 
@@ -116,8 +116,9 @@ def training_stage(name: str, section: str, role: str, inputs: Callable[[Pipelin
     ``(TorchTrainer, number of training examples)``.
     """
     def payload(config: PipelineConfig) -> dict:
-        return {"train": fingerprint_view(getattr(config, section)), "model": getattr(config.models, role),
-                "dtype": config.models.dtype, "inputs": inputs(config)}
+        model = getattr(config.models, role)
+        return {"train": fingerprint_view(getattr(config, section)), "model": model,
+                "version": model_versions(config, model), "dtype": config.models.dtype, "inputs": inputs(config)}
 
     def run(context: Context) -> dict:
         config = context.config

@@ -61,6 +61,16 @@ class Stage:
     cached: bool = True
 
 
+def model_versions(config: PipelineConfig, *models: str) -> list[str]:
+    """The version of each checkpoint a stage reads (its files' listing:
+    :func:`unime.models.checkpoints.checkpoint_version`), for its fingerprint: a model path
+    names a folder whose contents can change, so the path alone would let a rebuilt checkpoint
+    pass for the old one."""
+    from unime.models.checkpoints import checkpoint_version
+
+    return [checkpoint_version(model, config.data.storage_options) for model in models]
+
+
 def run_dir_of(config: PipelineConfig) -> RunDir:
     return RunDir(config.run_dir, config.data.storage_options)
 
