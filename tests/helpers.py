@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -79,9 +80,23 @@ def pipeline_overrides(demo_dir, tiny_dir, run_dir) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free TCP port below the kernel's ephemeral range. A port the kernel hands out (bind to
+    0) is free only until the next process's outgoing connection takes it, and a test binds it
+    later: Ray's own workers took one between the choice and the dashboard's bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000..{low}")
 
 
 def chromium_dom(url: str, profile_dir, budget_ms: int = 20000) -> str:
