@@ -66,18 +66,15 @@ def make_batch(corpus: Path, queries: int, candidates: int, seed: int) -> dict:
     return batch
 
 
-def time_forwards(trainer) -> dict:
-    """Seconds the trainer's model forwards take (with and without a graph), summed."""
-    import torch
-
-    seconds: dict[str, float] = {}
+def time_forwards(trainer) -> list[float]:
+    """A list that grows by the seconds of each of the trainer's model forwards."""
+    seconds: list[float] = []
     embed = trainer.embed_collated
 
     def timed(batch):
         started = time.perf_counter()
         out = embed(batch)
-        key = "graph" if torch.is_grad_enabled() else "no_graph"
-        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+        seconds.append(time.perf_counter() - started)
         return out
 
     trainer.embed_collated = timed
@@ -116,7 +113,7 @@ def worker(rank: int, world: int, port: int, args: dict, results) -> None:
     params = sum(p.numel() for n, p in trainer.model.named_parameters()
                  if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n)
     results.put({"rank": rank, "seconds": seconds, "tokens": tokens, "params": params, "rss": peak_rss_mb(),
-                 "forward_seconds": sum(forward_seconds.values()) / args["steps"]})
+                 "forward_seconds": sum(forward_seconds) / args["steps"]})
     if world > 1:
         # the DDP reducer must not hold the group's last reference: destroyed there, the
         # group joins its threads without releasing the GIL and can deadlock

@@ -254,7 +254,7 @@ def test_importing_library_modules_starts_nothing():
 
 
 # what decides whether a stage runs, and records that it ran
-MANIFEST_DECISIONS = {"write_manifest", "is_complete"}
+MANIFEST_DECISIONS = {"write_manifest", "completed"}
 
 
 def manifest_decisions(path: Path) -> list[str]:

@@ -74,7 +74,8 @@ PLACEMENT = ["embed.actors.num_actors=2", "embed.actors.num_cpus=1", "embed.imag
 def test_moving_the_work_reruns_no_stage(mined_run, demo_dir, tiny_dir):
     """With every placement knob changed, each stage's fingerprint is the one its manifest
     records (the mining stages) or the one it would have been (the rest): nothing reruns.
-    A knob that changes results does change the fingerprints of its stage and those after."""
+    A knob that changes results does change its stage's payload (and through it the stages
+    after, whose fingerprints include their inputs')."""
     from unime.pipeline.runner import STAGES as REGISTRY
     from unime.pipeline.stage import stage_fingerprint
 

@@ -56,15 +56,16 @@ def index_embedder(config: PipelineConfig) -> str:
 
 def fingerprint_payload(config: PipelineConfig) -> dict:
     trained = manifest.read_manifest(config.run_dir, train_embedder.STAGE, config.data.storage_options) or {}
+    embedder = index_embedder(config)
     return {"source": corpus_source(config), "index": fingerprint_view(config.index),
-            "embedder": index_embedder(config), "version": model_versions(config, index_embedder(config)),
+            "embedder": embedder, "version": model_versions(config, embedder),
             "inputs": config.embedder_inputs(),
             "trained": trained.get("fingerprint")}
 
 
 def build(context: Context) -> dict:
     config = context.config
-    run_dir, embedder = config.run_dir, index_embedder(config)
+    run_dir, embedder = config.run_dir, context.payload["embedder"]
     pairs = corpus_pairs(config)
     items = unique_items(pairs)
     items = items.filter(items["is_candidate"])

@@ -130,7 +130,7 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
 def build(context: Context) -> dict:
     config = context.config
     data, run_dir = config.data, config.run_dir
-    model = config.embed.model or config.models.embedder
+    model = context.payload["model"]
     pairs = read_parquet_dir(ingest.output_paths(run_dir)["pairs"], data.storage_options)
     items = unique_items(pairs)
     embed_items(items, model, config, output_path(run_dir), input_format=config.embed.input_format)

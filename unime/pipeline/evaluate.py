@@ -143,7 +143,8 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
     trained = [manifest.read_manifest(config.run_dir, s.STAGE, options) for s in (train_embedder, train_reranker)]
     return {"eval": fingerprint_view(config.eval), "embedder": embedder, "reranker": reranker,
             "off_the_shelf": config.models.embedder,
-            "versions": model_versions(config, embedder, reranker, config.models.embedder), "data": [data.eval_dir, data.global_eval],
+            "versions": model_versions(config, embedder, reranker, config.models.embedder),
+            "data": [data.eval_dir, data.global_eval],
             "trained": [u and u["fingerprint"] for u in trained],
             "inputs": [config.embedder_inputs(), config.reranker_inputs()]}
 
@@ -155,7 +156,7 @@ def build(context: Context) -> dict:
     config = context.config
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
     groups = EVAL_GROUPS if config.eval.groups == "demo" else GROUPS
-    embedder, reranker = models_evaluated(config)
+    embedder, reranker = context.payload["embedder"], context.payload["reranker"]
     tables, read = read_eval(data.eval_dir, config.eval.subsets, data.image_root, data.limits, options)
     global_rows = []
     if data.global_eval:

@@ -133,7 +133,7 @@ def build(context: Context) -> dict:
 
     config = context.config
     data, run_dir = config.data, config.run_dir
-    sources = [path for root in data.train for path in list_files(root, SUFFIXES, data.storage_options)]
+    sources = [described["path"] for described in context.payload["files"]]  # listed once, for the fingerprint
     items = [{"path": path, "file_index": index} for index, path in enumerate(sources)]
     tagged = ray.data.from_items(items, override_num_blocks=len(sources))
     # custom resources the read and write tasks ask for (placement only)

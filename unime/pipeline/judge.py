@@ -192,7 +192,7 @@ def build(context: Context) -> dict:
 
     config = context.config
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
-    model = judge_model(config)
+    model = context.payload["model"]
     shards = _prepare_shards(config, context.fingerprint)
     pending = [s for s in range(shards) if not exists(shard_path(run_dir, "scores", s), options)]
     scored = []

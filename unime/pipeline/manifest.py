@@ -26,9 +26,10 @@ def read_manifest(run_dir: str, stage: str, storage_options: dict | None = None)
     return read_json(manifest_path(run_dir, stage), storage_options)
 
 
-def is_complete(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> bool:
+def completed(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> dict | None:
+    """The stage's manifest when it records ``stage_fingerprint`` (the stage is complete), else None."""
     manifest = read_manifest(run_dir, stage, storage_options)
-    return manifest is not None and manifest.get("fingerprint") == stage_fingerprint
+    return manifest if manifest is not None and manifest.get("fingerprint") == stage_fingerprint else None
 
 
 def write_manifest(run_dir: str, stage: str, stage_fingerprint: str, body: dict,

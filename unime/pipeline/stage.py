@@ -16,38 +16,21 @@ reads or writes its own manifest: :func:`run_stage` does, with one rule for ever
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from unime.config import PipelineConfig
-from unime.data.storage import join
 from unime.pipeline import manifest
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """A run's outputs: the root (local or ``s3://``), its filesystem options, each stage's
-    folder and manifest."""
-
-    root: str
-    storage_options: dict = field(default_factory=dict)
-
-    def path(self, stage: str, *parts: str) -> str:
-        return join(self.root, stage, *parts)
-
-    def manifest(self, stage: str) -> dict | None:
-        return manifest.read_manifest(self.root, stage, self.storage_options)
 
 
 @dataclass
 class Context:
-    """What a stage's ``run`` gets: the config, the run dir, its inputs' manifests, the
-    fingerprint it will be recorded under (None for uncached stages) and the pipeline's
-    stage names in order."""
+    """What a stage's ``run`` gets: the config, the fingerprint payload it computed (the models
+    and files it resolved, so ``run`` need not resolve them again), the fingerprint it will be
+    recorded under (None for uncached stages) and the pipeline's stage names in order."""
 
     config: PipelineConfig
-    run_dir: RunDir
-    inputs: dict[str, dict]
+    payload: Any
     fingerprint: str | None
     pipeline: tuple[str, ...] = ()
 
@@ -71,29 +54,27 @@ def model_versions(config: PipelineConfig, *models: str) -> list[str]:
     return [checkpoint_version(model, config.data.storage_options) for model in models]
 
 
-def run_dir_of(config: PipelineConfig) -> RunDir:
-    return RunDir(config.run_dir, config.data.storage_options)
-
-
-def stage_fingerprint(stage: Stage, config: PipelineConfig, inputs: dict[str, dict]) -> str:
-    payload = stage.fingerprint(config)
+def stage_fingerprint(stage: Stage, config: PipelineConfig, inputs: dict[str, dict], payload: Any = None) -> str:
+    """The inputs' fingerprints plus the stage's payload (computed here unless given)."""
+    payload = stage.fingerprint(config) if payload is None else payload
     return manifest.fingerprint({**{name: found["fingerprint"] for name, found in inputs.items()}, **payload})
 
 
 def run_stage(stage: Stage, config: PipelineConfig, pipeline: tuple[str, ...] = ()) -> dict:
     """Run ``stage`` unless its manifest matches; returns the manifest plus ``skipped``."""
-    run_dir = run_dir_of(config)
+    run_dir, options = config.run_dir, config.data.storage_options
     inputs = {}
     for name in stage.inputs:
-        found = run_dir.manifest(name)
+        found = manifest.read_manifest(run_dir, name, options)
         if found is None:
-            raise RuntimeError(f"{stage.name} needs the {name} stage's output under {run_dir.root}")
+            raise RuntimeError(f"{stage.name} needs the {name} stage's output under {run_dir}")
         inputs[name] = found
+    payload = stage.fingerprint(config)
     if not stage.cached:
-        return stage.run(Context(config, run_dir, inputs, None, pipeline)) | {"skipped": False}
-    fingerprint = stage_fingerprint(stage, config, inputs)
-    if manifest.is_complete(run_dir.root, stage.name, fingerprint, run_dir.storage_options):
-        return run_dir.manifest(stage.name) | {"skipped": True}
-    body = stage.run(Context(config, run_dir, inputs, fingerprint, pipeline))
-    return manifest.write_manifest(run_dir.root, stage.name, fingerprint, body,
-                                   run_dir.storage_options) | {"skipped": False}
+        return stage.run(Context(config, payload, None, pipeline)) | {"skipped": False}
+    fingerprint = stage_fingerprint(stage, config, inputs, payload)
+    recorded = manifest.completed(run_dir, stage.name, fingerprint, options)
+    if recorded is not None:
+        return recorded | {"skipped": True}
+    body = stage.run(Context(config, payload, fingerprint, pipeline))
+    return manifest.write_manifest(run_dir, stage.name, fingerprint, body, options) | {"skipped": False}
