@@ -25,13 +25,13 @@ $(SETUP_STAMP): pyproject.toml tools/cpu_shims.py
 	$(PY) tools/cpu_shims.py
 	touch $@
 
-$(TINY)/manifest.json: $(SETUP_STAMP) unime/tiny.py unime/demo_data.py unime/prompts.py
-	$(PY) -m unime.tiny build $(TINY)
+$(TINY)/manifest.json: $(SETUP_STAMP) unime/demo/tiny.py unime/demo/corpus.py unime/prompts.py
+	$(PY) -m unime.demo.tiny build $(TINY)
 
 # unime/config.py: the corpus's defaults (DemoCorpusConfig) live there, beside demo.corpus
-$(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo_data.py unime/config.py
+$(DEMO_DATA)/manifest.json: $(SETUP_STAMP) unime/demo/corpus.py unime/config.py
 	rm -rf $(DEMO_DATA)
-	$(PY) -m unime.demo_data $(DEMO_DATA)
+	$(PY) -m unime.demo.corpus $(DEMO_DATA)
 
 setup: $(SETUP_STAMP) $(TINY)/manifest.json $(DEMO_DATA)/manifest.json
 
@@ -41,7 +41,7 @@ demo: setup
 
 # Only the demo's trained checkpoints (artifacts/demo_models; minutes, once per recipe)
 demo-models: setup
-	$(PY) -m unime.demo_models build
+	$(PY) -m unime.demo.models build
 
 # Debian's chromium for the search-page browser test.
 browser:

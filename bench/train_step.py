@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    from unime import demo_data, tiny
+    from unime.demo import corpus as demo_data
+    from unime.demo import tiny
 
     peak = matmul_peak_gflops(threads=2)
     rows = []

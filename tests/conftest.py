@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from unime import tiny
+    from unime.demo import tiny
 
     out = tmp_path_factory.mktemp("tiny")
     tiny.build(out, seed=0)
@@ -31,7 +31,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
-    from unime import demo_data
+    from unime.demo import corpus as demo_data
 
     out = tmp_path_factory.mktemp("demo")
     demo_data.build(out, demo_data.DemoCorpusConfig(train_images=60, grounding_images=20, eval_queries=12,

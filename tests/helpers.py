@@ -26,8 +26,8 @@ STAGES = [(name, functools.partial(run_stage, REGISTRY[name])) for name in MININ
 
 def config_classes() -> dict[str, type]:
     """YAMLs under configs/ that configure another entry point than the pipeline, by name."""
-    from unime.demo_models import DemoModelsConfig
-    from unime.experiments.method_effect import MethodEffectConfig
+    from experiments.method_effect.components import MethodEffectConfig
+    from unime.demo.models import DemoModelsConfig
 
     return {"method_effect.yaml": MethodEffectConfig, "demo_models.yaml": DemoModelsConfig}
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 The library (config, data, models, judge, mining, losses, eval, index, serving, train, rerank,
 ...) is what another application could reuse; the application is what runs this repository's
 pipeline and demo: ``unime.pipeline`` (stages, runner, Ray plumbing), the demo scaffolding
-(``unime.demo_*``, ``unime.tiny``), ``unime.experiments`` and ``unime.cluster``. The library
+(``unime.demo``), ``experiments`` and the ``unime`` command (``unime.cli``). The library
 never imports the application, not even lazily inside a function: a lazy import still ties
 the library to the pipeline's layout and drags the demo corpus into every reuse.
 """
@@ -19,9 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # whole subtrees that are application code (the package and everything under it)
 # (unime.cli: the `unime` command, the entry point over the pipeline)
-APPLICATION_TREES = ("unime.pipeline", "unime.experiments", "unime.cluster", "unime.tiny", "unime.cli")
-# demo scaffolding by naming convention, so that a new demo module is application from the start
-DEMO_PREFIX = "unime.demo_"
+APPLICATION_TREES = ("unime.pipeline", "experiments", "unime.demo", "unime.cli")
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,7 @@ def all_modules(root: Path = ROOT) -> dict[str, Path]:
 
 
 def is_application(name: str) -> bool:
-    return name.startswith(DEMO_PREFIX) or any(name == tree or name.startswith(tree + ".")
-                                               for tree in APPLICATION_TREES)
+    return any(name == tree or name.startswith(tree + ".") for tree in APPLICATION_TREES)
 
 
 def _resolve_from(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
@@ -95,7 +92,7 @@ class _ImportCollector(ast.NodeVisitor):
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         base = _resolve_from(node, self.importer, self.is_package)
         for alias in node.names:
-            # ``from unime import demo_data`` imports the submodule, not only the package
+            # ``from unime.demo import corpus`` imports the submodule, not only the package
             sub = f"{base}.{alias.name}"
             self._add(sub if sub in self.modules else base, node)
 
@@ -207,10 +204,10 @@ def test_the_scan_sees_what_it_must_forbid(tmp_path):
     forms of a library-to-application import are all caught, and TYPE_CHECKING ones are not."""
     source = {"__init__.py": "", "config.py": "from unime.pipeline import runner\n",
               "pipeline/__init__.py": "", "pipeline/runner.py": "from unime import config\n",
-              "demo_x.py": "", "eval/__init__.py": "",
+              "demo/__init__.py": "", "demo/x.py": "", "eval/__init__.py": "",
               "eval/a.py": "def f():\n    from ..pipeline.runner import run\n",
-              "eval/b.py": "from unime import demo_x\n",
-              "eval/c.py": "import importlib\nimportlib.import_module('unime.tiny')\n",
+              "eval/b.py": "from unime.demo import x\n",
+              "eval/c.py": "import importlib\nimportlib.import_module('unime.demo.tiny')\n",
               "eval/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import unime.pipeline\n"}
     for name, text in source.items():
         (tmp_path / "unime" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +215,7 @@ def test_the_scan_sees_what_it_must_forbid(tmp_path):
     found = boundary_violations(all_modules(tmp_path), tmp_path)
     assert [line.split(": ", 1)[1] for line in found] == [
         "unime.config imports unime.pipeline.runner", "unime.eval.a imports unime.pipeline.runner (inside a function)",
-        "unime.eval.b imports unime.demo_x", "unime.eval.c imports unime.tiny"]
+        "unime.eval.b imports unime.demo.x", "unime.eval.c imports unime.demo.tiny"]
     assert found[0].startswith("unime/config.py:1: ")
 
 
@@ -270,7 +267,7 @@ def manifest_decisions(path: Path) -> list[str]:
 
 def test_only_the_stage_runner_writes_manifests_or_decides_to_skip():
     """Stages declare inputs, a fingerprint and their work; ``unime.pipeline.stage.run_stage``
-    alone checks a manifest and writes one (tools such as ``unime.demo_models`` keep their own
+    alone checks a manifest and writes one (tools such as ``unime.demo.models`` keep their own
     build records, not stage manifests)."""
     runner = ROOT / "unime/pipeline/stage.py"
     assert manifest_decisions(runner), "the scan must see the runner's own calls"

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, config_classes
-from unime.cluster import (
+from tests.cluster import (
     ClusterConfigError,
     NodeType,
     kuberay_node_types,
@@ -26,6 +25,7 @@ from unime.cluster import (
     validate_kuberay_manifest,
     validate_launcher_config,
 )
+from tests.helpers import ROOT, config_classes
 from unime.config import ActorConfig, TaskConfig, TrainPlacement, load_config
 
 CLUSTER = ROOT / "cluster"

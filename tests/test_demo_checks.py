@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from unime.config import load_config
-from unime.demo_models import SCORES
+from unime.demo.models import SCORES
 from unime.pipeline import demo_checks
 from unime.pipeline.train_reranker import shuffled_by_record
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from unime import demo_data
 from unime.data import read_eval, read_pairs
-from unime.demo_data import ALL_SCENES, DemoCorpusConfig, Scene
+from unime.demo import corpus as demo_data
+from unime.demo.corpus import ALL_SCENES, DemoCorpusConfig, Scene
 
 SMALL = DemoCorpusConfig(train_images=30, grounding_images=10, eval_queries=6, eval_candidates=6)
 

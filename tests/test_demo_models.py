@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from unime import demo_models
 from unime.config import load_config
-from unime.demo_models import DemoModelsConfig
+from unime.demo import models as demo_models
+from unime.demo.models import DemoModelsConfig
 
 
 def small_recipe(out_dir) -> DemoModelsConfig:

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from unime.demo_data import INSTRUCTIONS, Scene
-from unime.demo_truth import Caption, DemoTruth, filter_quality, parse_caption, pool_truth, roc_auc
+from unime.demo.corpus import INSTRUCTIONS, Scene
+from unime.demo.truth import Caption, DemoTruth, filter_quality, parse_caption, pool_truth, roc_auc
 
 
 def test_parse_caption_levels_and_rejects():
@@ -105,7 +105,7 @@ def test_pool_truth_marks_true_false_negatives(truth, demo_dir):
 def test_the_judge_stage_picks_the_label_judge_by_name(demo_dir):
     """``judge.backend: label`` is the judge stage's (demo scaffolding); the judge library's own
     factory knows only the MLLM backends."""
-    from unime.demo_label_judge import LabelJudge
+    from unime.demo.label_judge import LabelJudge
     from unime.judge import make_judge
     from unime.pipeline.judge import make_stage_judge
 

@@ -22,7 +22,7 @@ def test_the_hf_judge_is_a_judge_and_batches_itself(tiny_dir):
 
 
 def test_the_vllm_and_label_judges_declare_the_protocol():
-    from unime.demo_label_judge import LabelJudge
+    from unime.demo.label_judge import LabelJudge
     from unime.judge.vllm_backend import VLLMJudge
 
     for backend in (VLLMJudge, LabelJudge):  # the classes: an engine or a corpus to load otherwise

@@ -1,4 +1,4 @@
-"""The method experiment (bench/method_effect.py): its corpus split, arms, judge data, tables,
+"""The method experiment (experiments/method_effect/run.py): its corpus split, arms, judge data, tables,
 and a reduced end-to-end run in which every arm trains and evaluates."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import pyarrow as pa
 import pytest
 import torch
 
+from experiments.method_effect import components as me
+from experiments.method_effect import report
 from tests.helpers import ROOT, load_script
-from unime import demo_data
 from unime.config import ConfigError, EmbedderTrainConfig, load_config
 from unime.data import read_eval, read_pairs
-from unime.demo_data import DemoCorpusConfig
-from unime.demo_truth import DemoTruth
-from unime.experiments import method_effect as me
-from unime.experiments import method_effect_report as report
+from unime.demo import corpus as demo_data
+from unime.demo import recipes
+from unime.demo.corpus import DemoCorpusConfig
+from unime.demo.truth import DemoTruth
 from unime.losses import info_nce, soft_kl_alignment
 from unime.prompts import NO, YES
 
@@ -118,7 +119,7 @@ def _pairs(rows):
 
 def test_judge_examples_use_only_training_pairs_of_the_same_dataset():
     pairs = _pairs([("a", "x", "A"), ("b", "y", "A"), ("c", "x", "A"), ("d", "z", "B"), ("e", "w", "B")])
-    examples = me.judge_examples(pairs, seed=0)
+    examples = recipes.judge_examples(pairs, seed=0)
     yes = [e for e in examples if e["answer"] == YES]
     no = [e for e in examples if e["answer"] == NO]
     assert len(yes) == 5 and len(no) == 5 and {e["kind"] for e in examples} == {"pairwise"}
@@ -132,7 +133,7 @@ def test_judge_examples_use_only_training_pairs_of_the_same_dataset():
 
 def test_judge_examples_draw_fresh_negatives_each_round():
     pairs = _pairs([(q, p, "A") for q, p in zip("abcdefgh", "stuvwxyz")])
-    examples = me.judge_examples(pairs, seed=0, rounds=3)
+    examples = recipes.judge_examples(pairs, seed=0, rounds=3)
     assert len(examples) == 3 * 2 * 8
     negatives = {}
     for example in examples:
@@ -144,13 +145,13 @@ def test_judge_examples_draw_fresh_negatives_each_round():
 
 def test_batches_keep_groups_together_and_cover_every_row_each_epoch():
     rows = [{"query": q, "answer": a} for q in range(6) for a in (YES, NO)]
-    batches = list(me._batches(rows, size=4, steps=6, seed=0, group=2))
+    batches = list(recipes.batches(rows, size=4, steps=6, seed=0, group=2))
     for batch in batches:
         assert batch["answer"] == [YES, NO, YES, NO] and batch["query"][0::2] == batch["query"][1::2]
     first_epoch = [q for batch in batches[:3] for q in batch["query"][0::2]]
     assert sorted(first_epoch) == list(range(6))
     with pytest.raises(ValueError, match="do not split into groups of 2"):
-        next(me._batches(rows[:3], size=4, steps=1, seed=0, group=2))
+        next(recipes.batches(rows[:3], size=4, steps=1, seed=0, group=2))
 
 
 def test_caption_examples_answer_image_queries_with_their_text_positive():
@@ -158,7 +159,7 @@ def test_caption_examples_answer_image_queries_with_their_text_positive():
         {"query_text": "<|image_1|>\nWhat colour?", "query_image": "i.png", "pos_text": "red", "pos_image": ""},
         {"query_text": "Find an image: red", "query_image": "", "pos_text": "<|image_1|>", "pos_image": "j.png"},
         {"query_text": "<|image_1|>\nSelect", "query_image": "k.png", "pos_text": "crop", "pos_image": "k0.png"}])
-    examples = me.caption_examples(pairs)
+    examples = recipes.caption_examples(pairs)
     assert examples == [{"kind": "generate", "query_text": "<|image_1|>\nWhat colour?", "query_image": "i.png",
                          "cand_texts": [], "cand_images": [], "answer": "red"}]
 
@@ -169,9 +170,9 @@ def test_retrieval_negatives_cycle_and_empty_pools_are_left_out():
     items = {"p:y": ("y", ""), "p:z": ("z", "")}
     negatives = me.retrieval_negatives(pools, items, 3)
     assert negatives == {"q0p:x": [("y", ""), ("z", ""), ("y", "")]}
-    records = me.plain_records(pairs, negatives)
+    records = recipes.plain_records(pairs, negatives)
     assert [r["query_text"] for r in records] == ["a"] and records[0]["hard_negatives_scores"] == [0.0] * 3
-    assert len(me.plain_records(pairs)) == 2
+    assert len(recipes.plain_records(pairs)) == 2
 
 
 def test_tables_report_mean_and_spread_over_seeds():
@@ -189,7 +190,7 @@ def test_tables_report_mean_and_spread_over_seeds():
 @pytest.mark.integration
 def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
     """The CI smoke run: one seed, a few steps; asserts only that every arm trains and evaluates."""
-    bench = load_script("bench/method_effect.py")
+    bench = load_script("experiments/method_effect/run.py")
     out = tmp_path / "run"
     bench.main([f"out_dir={out}", "seeds=[0]", "corpus.train_images=60", "corpus.grounding_images=20",
                 "corpus.eval_queries=10", "corpus.eval_candidates=6", "embedder.base_steps=4", "embedder.train.max_steps=4",
@@ -249,7 +250,7 @@ def test_yes_no_answer_loss_trains_the_judges_p_yes(tiny_dir):
 
 
 def test_checkpoint_init_std(tmp_path):
-    from unime import tiny
+    from unime.demo import tiny
     from unime.models import load_model
 
     size = tiny.SIZES["tiny"]
@@ -266,13 +267,13 @@ def test_judge_examples_keep_true_matches_out_of_the_negatives():
     def shares_a_word(query_text, query_image, candidate_text, candidate_image):
         return bool(set(positive_of[query_text].split()) & set(candidate_text.split()))
 
-    examples = me.judge_examples(pairs, seed=0, rounds=4, matches=shares_a_word)
+    examples = recipes.judge_examples(pairs, seed=0, rounds=4, matches=shares_a_word)
     negatives = [e for e in examples if e["answer"] == NO]
     assert len(negatives) == 4 * 8
     for example in negatives:
         assert not shares_a_word(example["query_text"], "", example["cand_texts"][0], "")
     # without the oracle, a random draw does pick such candidates
-    unfiltered = [e for e in me.judge_examples(pairs, seed=0, rounds=4) if e["answer"] == NO]
+    unfiltered = [e for e in recipes.judge_examples(pairs, seed=0, rounds=4) if e["answer"] == NO]
     assert any(shares_a_word(e["query_text"], "", e["cand_texts"][0], "") for e in unfiltered)
 
 
@@ -283,12 +284,12 @@ def test_near_miss_negatives_share_the_most_words_with_the_pair():
     overlap = {}
     for text in texts:  # what a hand count gives: the most words any other text shares
         overlap[text] = max(len(set(text.split()) & set(other.split())) for other in texts if other != text)
-    near = [e for e in me.judge_examples(pairs, seed=0, rounds=3, near_miss_share=1.0) if e["answer"] == NO]
+    near = [e for e in recipes.judge_examples(pairs, seed=0, rounds=3, near_miss_share=1.0) if e["answer"] == NO]
     positive_of = dict(zip("abcdefgh", texts))
     for example in near:  # all 7 others are among the 16 drawn, so the nearest is found
         positive = positive_of[example["query_text"]]
         assert len(set(positive.split()) & set(example["cand_texts"][0].split())) == overlap[positive]
-    random_ones = [e for e in me.judge_examples(pairs, seed=0, rounds=3) if e["answer"] == NO]
+    random_ones = [e for e in recipes.judge_examples(pairs, seed=0, rounds=3) if e["answer"] == NO]
     assert any(len(set(positive_of[e["query_text"]].split()) & set(e["cand_texts"][0].split()))
                < overlap[positive_of[e["query_text"]]] for e in random_ones)
 
@@ -299,7 +300,7 @@ def test_other_dataset_negatives_come_from_every_dataset_at_their_share():
     query_dataset = {r["query_text"]: r["dataset"] for r in pairs.to_pylist()}
 
     def crossed(share):
-        negatives = [e for e in me.judge_examples(pairs, seed=0, rounds=5, other_dataset_share=share)
+        negatives = [e for e in recipes.judge_examples(pairs, seed=0, rounds=5, other_dataset_share=share)
                      if e["answer"] == NO]
         return sum(dataset_of[e["cand_texts"][0]] != query_dataset[e["query_text"]] for e in negatives) / len(negatives)
 

@@ -1,6 +1,6 @@
 """Multi-node behaviour on one machine, with Ray's own multi-node utilities.
 
-Node types come from ``cluster/aws.yaml`` through :func:`unime.cluster.local_node_types`
+Node types come from ``cluster/aws.yaml`` through :func:`tests.cluster.local_node_types`
 (same names and custom resources, one CPU each), so these tests and the cluster YAML cannot
 drift. Each test starts its own cluster (``Cluster`` or ``AutoscalingCluster``, whose start
 runs ``ray stop``), so this tier runs in its own pytest process after the others
@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cluster import launcher_node_types, load_yaml, local_autoscaling_config, local_node_types
 from tests.helpers import ROOT, STAGES, free_port, mining_config
-from unime.cluster import launcher_node_types, load_yaml, local_autoscaling_config, local_node_types
 from unime.pipeline import judge, mine, train_embedder
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
@@ -209,7 +209,7 @@ def test_training_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny
 
 def yaml_autoscaling_cluster(launcher_config: dict):
     """``ray.cluster_utils.AutoscalingCluster`` (fake multi-node provider, autoscaler v2) on a
-    config made from the cluster YAML by :func:`unime.cluster.local_autoscaling_config` (the
+    config made from the cluster YAML by :func:`tests.cluster.local_autoscaling_config` (the
     installed wheel lacks the example.yaml its own config generator starts from)."""
     from ray.cluster_utils import FAKE_HEAD_NODE_ID, AutoscalingCluster
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unime import tiny
+from unime.demo import tiny
 from unime.judge import HFJudge, build_judge_messages
 from unime.models import Embedder, EmbedItem, load_model, load_processor
 from unime.models.processor import ImageOnlyQwen2VLProcessor
@@ -35,7 +35,7 @@ def no_network(monkeypatch):
 def image():
     import random
 
-    from unime.demo_data import Scene, render_scene
+    from unime.demo.corpus import Scene, render_scene
 
     return render_scene(Scene("circle", "red", 2, "left"), 64, random.Random(0))
 

@@ -94,9 +94,9 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
                     lambda argv: run_pipeline(argv, ["ingest", "index"], prog="unime build-index")),
     "serve": ("deploy the run's retrieve-then-rerank app and keep it running",
               lambda argv: run_pipeline(argv, ["serve"], prog="unime serve", extra_overrides=("serve.keep_running=true",))),
-    "tiny": ("random-init tiny checkpoints for tests (tiny build DIR)", _tool("unime.tiny")),
-    "demo-data": ("the synthetic demo corpus (demo-data DIR)", _tool("unime.demo_data")),
-    "demo-models": ("the demo's trained tiny checkpoints (demo-models build)", _tool("unime.demo_models")),
+    "tiny": ("random-init tiny checkpoints for tests (tiny build DIR)", _tool("unime.demo.tiny")),
+    "demo-data": ("the synthetic demo corpus (demo-data DIR)", _tool("unime.demo.corpus")),
+    "demo-models": ("the demo's trained tiny checkpoints (demo-models build)", _tool("unime.demo.models")),
 }
 
 

@@ -91,7 +91,7 @@ class RayConfig:
 
 @dataclass
 class DemoCorpusConfig:
-    """What :func:`unime.demo_data.build` renders (deterministic for these values). Defined
+    """What :func:`unime.demo.corpus.build` renders (deterministic for these values). Defined
     here, not beside the renderer, because the pipeline config owns a ``demo.corpus`` section
     and the config is library code that must not import the demo scaffolding."""
 
@@ -108,8 +108,8 @@ class DemoCorpusConfig:
 @dataclass
 class DemoConfig:
     """Offline set-up for the embedded default: the demo corpus, the random-init tiny
-    checkpoints and, with ``models_config`` (a :class:`unime.demo_models.DemoModelsConfig`
-    YAML), the trained tiny checkpoints built from them (:mod:`unime.demo_models`)."""
+    checkpoints and, with ``models_config`` (a :class:`unime.demo.models.DemoModelsConfig`
+    YAML), the trained tiny checkpoints built from them (:mod:`unime.demo.models`)."""
 
     enabled: bool = False
     corpus_dir: str = "artifacts/demo_data"

@@ -3,7 +3,7 @@
 Two MLLM backends behind one interface, ``score(chats) -> P(Yes) per chat``: ``hf``
 (transformers, batched forwards) and ``vllm`` (an engine per Ray actor with prefix caching).
 The judge stage's third backend, ``label`` (the demo corpus's ground truth as a judge), is
-demo scaffolding and lives outside the library, in :mod:`unime.demo_label_judge`.
+demo scaffolding and lives outside the library, in :mod:`unime.demo.label_judge`.
 """
 
 from unime.judge.hf import HFJudge, PromptTooLongError, p_yes, yes_no_token_ids

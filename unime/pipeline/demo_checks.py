@@ -54,7 +54,7 @@ def demo_checks(config: PipelineConfig, filter_truth: dict | None = None,
 
 
 def judge_checks(config: PipelineConfig) -> list[Check]:
-    from unime.demo_models import SCORES
+    from unime.demo.models import SCORES
 
     card = read_json(join(config.models.judge, SCORES), config.data.storage_options)
     if not card or "auc" not in card:
@@ -103,7 +103,7 @@ def filter_truth(config: PipelineConfig) -> dict | None:
     records it (the demo corpus's ``attributes.parquet`` under ``data.image_root``)."""
     import numpy as np
 
-    from unime.demo_truth import DemoTruth, filter_quality, pool_truth, roc_auc
+    from unime.demo.truth import DemoTruth, filter_quality, pool_truth, roc_auc
     from unime.mining import pool_filter_flags, score_lookup
     from unime.pipeline import embed, ingest, judge, retrieve
     from unime.pipeline.common import read_parquet_dir
@@ -139,7 +139,7 @@ def evaluation_checks(config: PipelineConfig) -> list[Check]:
 
 
 def search_checks(config: PipelineConfig) -> list[Check]:
-    from unime.demo_truth import DemoTruth
+    from unime.demo.truth import DemoTruth
     from unime.pipeline import deploy
 
     options = config.data.storage_options

@@ -150,7 +150,7 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
 
 
 def build(context: Context) -> dict:
-    from unime.demo_data import EVAL_GROUPS
+    from unime.demo.corpus import EVAL_GROUPS
     from unime.eval.mmeb import GROUPS
 
     config = context.config

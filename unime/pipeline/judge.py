@@ -60,7 +60,7 @@ def make_stage_judge(backend: str, model: str, **options):
     if backend == "label":
         # demo scaffolding, imported only when asked for: the judge library knows nothing of
         # the demo corpus, and an MLLM run never loads it
-        from unime.demo_label_judge import LabelJudge
+        from unime.demo.label_judge import LabelJudge
 
         return LabelJudge(model, storage_options=options.get("storage_options"))
     return make_judge(backend, model, **options)

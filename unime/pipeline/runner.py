@@ -32,8 +32,10 @@ MINING_STAGES = ["ingest", "embed", "retrieve", "judge", "mine"]
 def prepare_demo(config: PipelineConfig) -> None:
     """Build the demo corpus, the tiny checkpoints and the trained ones once (all are
     deterministic; the trained ones are rebuilt when their recipe or code changes)."""
-    from unime import demo_data, demo_models, tiny
     from unime.config import load_config
+    from unime.demo import corpus as demo_data
+    from unime.demo import models as demo_models
+    from unime.demo import tiny
 
     corpus, checkpoints = Path(config.demo.corpus_dir), Path(config.demo.checkpoints_dir)
     if not (corpus / "manifest.json").exists():

@@ -1,7 +1,7 @@
 """Does the method work? UniME-V2 against InfoNCE on the demo corpus.
 
-    python bench/method_effect.py                       # configs/method_effect.yaml, ~55 min here
-    python bench/method_effect.py seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
+    python -m experiments.method_effect.run                       # configs/method_effect.yaml, ~55 min here
+    python -m experiments.method_effect.run seeds=[0] embedder.train.max_steps=20 ...   # dotted overrides
 
 Pre-trains a chat model on the training split's captions and trains it into a judge MLLM
 (yes/no on the training split), mines the training pairs with it (and with the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property, partial
@@ -24,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from experiments.method_effect import components as me
+from experiments.method_effect import report
+from unime.config import load_config
+from unime.demo import recipes
 
-from unime.config import load_config  # noqa: E402
-from unime.experiments import method_effect as me  # noqa: E402
-from unime.experiments import method_effect_report as report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_CONFIG = ROOT / "configs" / "method_effect.yaml"
 NOT_TRAINABLE = "the judge's false-negative filter removed every pool candidate of every pair: no mined record"
@@ -79,7 +78,7 @@ def setup(config: me.MethodEffectConfig) -> Experiment:
     import torch
 
     from unime.data.images import ImageCache, ImageLimits
-    from unime.demo_truth import DemoTruth
+    from unime.demo.truth import DemoTruth
     from unime.pipeline.embed import unique_items
 
     torch.set_num_threads(config.torch_threads)
@@ -111,8 +110,8 @@ def pretrain_chat_model(exp: Experiment) -> tuple[Path, str, list[float]]:
     key = me.fingerprint(asdict(config.corpus), config.model_size, asdict(config.chat_model))
 
     def compute():
-        _, losses = exp.clock.time("caption pre-training", me.train_chat_model, exp.paths["chat"],
-                                   me.caption_examples(exp.pairs), config.chat_model, exp.paths["corpus"], folder)
+        _, losses = exp.clock.time("caption pre-training", recipes.train_chat_model, exp.paths["chat"],
+                                   recipes.caption_examples(exp.pairs), config.chat_model, exp.paths["corpus"], folder)
         return {"losses": losses}
     return folder, key, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
 
@@ -125,7 +124,7 @@ def train_judge(exp: Experiment, chat: Path, chat_key: str) -> tuple[Path, str, 
     rounds = -(-config.judge.steps * config.judge.chats_per_step // (2 * exp.pairs.num_rows))
 
     def compute():
-        _, losses = exp.clock.time("train judge", me.train_chat_model, chat, me.judge_examples(exp.pairs, 0, rounds),
+        _, losses = exp.clock.time("train judge", recipes.train_chat_model, chat, recipes.judge_examples(exp.pairs, 0, rounds),
                                    config.judge, exp.paths["corpus"], folder)
         return {"losses": losses}
     return folder, key, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
@@ -133,15 +132,15 @@ def train_judge(exp: Experiment, chat: Path, chat_key: str) -> tuple[Path, str, 
 
 def held_out_agreement(exp: Experiment, judges: dict) -> dict[str, dict]:
     """Each judge's AUC against the ground truth on held-out eval pairs."""
-    per_table = {name: me.eval_pairs({name: table}, exp.config.judge.auc_candidates) for name, table in exp.tables.items()}
+    per_table = {name: recipes.eval_pairs({name: table}, exp.config.judge.auc_candidates) for name, table in exp.tables.items()}
     pairs = [pair for table_pairs in per_table.values() for pair in table_pairs]
     novel = np.repeat([name.endswith("Novel") for name in per_table], [len(v) for v in per_table.values()])
     ood_pairs = [pair for pair, is_novel in zip(pairs, novel) if is_novel]
-    scores = {"trained": exp.clock.time("judge held-out pairs", me.score_pairs, judges["trained"], pairs, exp.images,
+    scores = {"trained": exp.clock.time("judge held-out pairs", recipes.score_pairs, judges["trained"], pairs, exp.images,
                                         exp.config.judge.score_batch),
               "label": judges["label"].score(pairs)}
-    return {name: {"held_out_auc": me.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs),
-                   "held_out_auc_ood": me.judge_auc(value[novel], ood_pairs, exp.truth) if ood_pairs else None}
+    return {name: {"held_out_auc": recipes.judge_auc(value, pairs, exp.truth), "held_out_pairs": len(pairs),
+                   "held_out_auc_ood": recipes.judge_auc(value[novel], ood_pairs, exp.truth) if ood_pairs else None}
             for name, value in scores.items()}
 
 
@@ -153,8 +152,8 @@ def train_base(exp: Experiment, seed: int) -> tuple[Path, str]:
 
     def compute():
         train = me.arm_train_config("infonce", config.embedder, seed, steps=config.embedder.base_steps)
-        trainer = exp.clock.time(f"train base seed {seed}", me.train_embedder, exp.paths[f"embedder_seed{seed}"],
-                                 me.plain_records(exp.pairs), train, exp.paths["corpus"])
+        trainer = exp.clock.time(f"train base seed {seed}", recipes.train_embedder, exp.paths[f"embedder_seed{seed}"],
+                                 recipes.plain_records(exp.pairs), train, exp.paths["corpus"])
         trainer.model.save_pretrained(folder)
         trainer.embedder.processor.save_pretrained(folder)
         return {"losses": trainer.losses}
@@ -181,7 +180,7 @@ def judge_and_mine(exp: Experiment, name: str, judge, pools, key: str) -> tuple[
     def compute():
         phase = f"{name} judge scores the pools"
         scores = (exp.clock.time(phase, judge.score, pairs) if name == "label" else
-                  exp.clock.time(phase, me.score_pairs, judge, pairs, exp.images, exp.config.judge.score_batch))
+                  exp.clock.time(phase, recipes.score_pairs, judge, pairs, exp.images, exp.config.judge.score_batch))
         return me.scores_table(requests, scores)
     scores = cached_table(exp.out / "mining" / f"scores_{name}.parquet", key, compute)
     records, stats = me.mine(exp.pairs, pools, scores, exp.config.mining)
@@ -197,7 +196,7 @@ def train_reranker(exp: Experiment, chat: Path, records: list[dict], key: str) -
 
     def compute():
         examples = reranker_examples(me.pa.Table.from_pylist(records), seed=0).to_pylist()
-        _, losses = exp.clock.time("train reranker", me.train_chat_model, chat, examples, config.reranker,
+        _, losses = exp.clock.time("train reranker", recipes.train_chat_model, chat, examples, config.reranker,
                                    exp.paths["corpus"], folder)
         return {"losses": losses}
     return folder, me.cached_json(folder / "unime_result.json", key, compute)["losses"]
@@ -206,7 +205,7 @@ def train_reranker(exp: Experiment, chat: Path, records: list[dict], key: str) -
 def fine_tune(exp: Experiment, base: Path, arm: str, seed: int, records: list[dict], reranker: Path | None) -> dict:
     """One arm, one seed: fine-tune the base, evaluate, and rerank its top-k if asked."""
     config, clock = exp.config, exp.clock
-    trainer = clock.time(f"train {arm} seed {seed}", me.train_embedder, base, records,
+    trainer = clock.time(f"train {arm} seed {seed}", recipes.train_embedder, base, records,
                          me.arm_train_config(arm, config.embedder, seed), exp.paths["corpus"])
     p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder, exp.tables,
                                     exp.images, config.embed_batch)
@@ -222,7 +221,7 @@ def fine_tune(exp: Experiment, base: Path, arm: str, seed: int, records: list[di
 
 
 def run(config: me.MethodEffectConfig) -> dict:
-    from unime.demo_label_judge import LabelJudge
+    from unime.demo.label_judge import LabelJudge
     from unime.judge import HFJudge
 
     exp = setup(config)
@@ -253,8 +252,8 @@ def run(config: me.MethodEffectConfig) -> dict:
             exp, chat, mined[source], me.fingerprint(judge_keys[source], chat_key, asdict(config.reranker)))
 
     retrieved = me.retrieval_negatives(pools, exp.item_of, config.embedder.train.num_hard_negatives)
-    arm_data = {"infonce": (me.plain_records(exp.pairs), None),
-                "infonce_hard": (me.plain_records(exp.pairs, retrieved), retrieval_key),
+    arm_data = {"infonce": (recipes.plain_records(exp.pairs), None),
+                "infonce_hard": (recipes.plain_records(exp.pairs, retrieved), retrieval_key),
                 "unime": (mined["trained"], judge_keys["trained"]),
                 "unime_inbatch": (mined["trained"], judge_keys["trained"]), "unime_label": (mined["label"], retrieval_key),
                 "unime_label_inbatch": (mined["label"], retrieval_key)}
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.overrides, cls=me.MethodEffectConfig)
     results = run(config)
     results["total_seconds"] = sum(results["seconds"].values())
-    command = "python bench/method_effect.py" + "".join(f" {o}" for o in args.overrides)
+    command = "python -m experiments.method_effect.run" + "".join(f" {o}" for o in args.overrides)
     written = report.write(results, Path(config.out_dir), command)
     print(written["table"].read_text())
     print(f"report: {written['html']}")

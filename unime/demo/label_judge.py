@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unime.demo_truth import DemoTruth
+from unime.demo.truth import DemoTruth
 
 
 class LabelJudge:

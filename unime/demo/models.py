@@ -1,6 +1,6 @@
 """Trained tiny checkpoints for the embedded default, built here by the project's own recipes.
 
-``python -m unime.demo_models build [--config configs/demo_models.yaml] [--corpus artifacts/demo_data]``
+``python -m unime.demo.models build [--config configs/demo_models.yaml] [--corpus artifacts/demo_data]``
 writes under the config's ``out_dir`` (the pipeline builds them itself when its
 ``demo.models_config`` names that file):
 
@@ -19,7 +19,7 @@ held-out eval pairs, the embedder's Precision@1 on the demo eval). The build is 
 fingerprint of the recipe, the corpus and the code that trains and feeds the models: an
 unchanged key reuses the folder, a changed one rebuilds it. The two models train side by
 side in two processes, a CPU thread each (the chat model, which takes longest, takes both
-once the embedder is done). The random-init checkpoints of :mod:`unime.tiny`
+once the embedder is done). The random-init checkpoints of :mod:`unime.demo.tiny`
 stay what unit tests use.
 """
 
@@ -36,11 +36,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from unime.config import EmbedderTrainConfig
-from unime.experiments.method_effect import JudgeRecipe, PretrainRecipe
+from unime.demo import recipes
+from unime.demo.recipes import JudgeRecipe, PretrainRecipe
 
 # the code whose change changes what a build produces (paths relative to the package; the corpus's
 # manifest records its config, its renderer is demo_data.py)
-RECIPE_CODE = ("demo_models.py", "demo_data.py", "experiments/method_effect.py", "train", "losses.py", "tiny.py",
+RECIPE_CODE = ("demo/models.py", "demo/corpus.py", "demo/recipes.py", "train", "losses.py", "demo/tiny.py",
                "models/embedder.py", "models/loading.py", "models/processor.py", "models/recipes.py", "prompts.py", "judge/prompts.py", "judge/hf.py", "rerank/encoding.py", "rerank/prompts.py",
                "data/images.py", "data/ordering.py", "eval/harness.py", "eval/metrics.py")
 ROLES = ("chat", "embedder")
@@ -74,7 +75,7 @@ class DemoModelsConfig:
 
 
 def code_digest(package: Path | None = None) -> str:
-    package = package or Path(__file__).parent
+    package = package or Path(__file__).resolve().parents[1]  # unime/
     digest = hashlib.sha256()
     for entry in RECIPE_CODE:
         for path in sorted((package / entry).rglob("*.py")) if (package / entry).is_dir() else [package / entry]:
@@ -136,22 +137,21 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
     """Caption pre-training then judgement training; the judge's held-out AUC."""
     import torch
 
-    from unime.demo_truth import DemoTruth
-    from unime.experiments import method_effect as me
+    from unime.demo.truth import DemoTruth
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     pairs, tables = _training_pairs(corpus_dir)
     options = {"min_pixels": config.chat_pixels, "max_pixels": config.chat_pixels,
               "after_step": ThreadsWhenFree(free_flag, config.parallel)}
-    captioned, caption_losses = me.train_chat_model(init, me.caption_examples(pairs), config.chat, corpus_dir,
+    captioned, caption_losses = recipes.train_chat_model(init, recipes.caption_examples(pairs), config.chat, corpus_dir,
                                                     out.parent / "chat_captioned", seed=config.seed, **options)
     caption_seconds = time.perf_counter() - started
     rounds = -(-config.judge.steps * config.judge.chats_per_step // (2 * pairs.num_rows))
     matches = DemoTruth.load(str(corpus_dir)).matches if config.judge.truthful_negatives else None
-    examples = me.judge_examples(pairs, config.seed, rounds, config.judge.near_miss_share, matches,
+    examples = recipes.judge_examples(pairs, config.seed, rounds, config.judge.near_miss_share, matches,
                                  config.judge.other_dataset_share)
-    _, judge_losses = me.train_chat_model(captioned, examples, config.judge, corpus_dir, out, seed=config.seed,
+    _, judge_losses = recipes.train_chat_model(captioned, examples, config.judge, corpus_dir, out, seed=config.seed,
                                           **options)
     shutil.rmtree(captioned)
     seconds = time.perf_counter() - started
@@ -166,20 +166,19 @@ def judge_quality(folder: Path, corpus_dir: Path, tables, config: DemoModelsConf
     import numpy as np
 
     from unime.data.images import ImageCache, ImageLimits
-    from unime.demo_truth import DemoTruth
-    from unime.experiments import method_effect as me
+    from unime.demo.truth import DemoTruth
     from unime.judge import HFJudge
 
     truth, images = DemoTruth.load(str(corpus_dir)), ImageCache(str(corpus_dir), ImageLimits())
     judge = HFJudge(str(folder), device="cpu")
     per_subset, every_pair, every_score = {}, [], []
     for name, table in tables.items():
-        pairs = me.eval_pairs({name: table}, config.judge.auc_candidates)
-        scores = me.score_pairs(judge, pairs, images, config.judge.score_batch)
-        per_subset[name] = me.judge_auc(scores, pairs, truth)
+        pairs = recipes.eval_pairs({name: table}, config.judge.auc_candidates)
+        scores = recipes.score_pairs(judge, pairs, images, config.judge.score_batch)
+        per_subset[name] = recipes.judge_auc(scores, pairs, truth)
         every_pair += pairs
         every_score += list(scores)
-    return {"held_out": me.judge_auc(np.array(every_score), every_pair, truth), "pairs": len(every_pair),
+    return {"held_out": recipes.judge_auc(np.array(every_score), every_pair, truth), "pairs": len(every_pair),
             "per_subset": per_subset}
 
 
@@ -188,12 +187,11 @@ def train_off_the_shelf_embedder(config: DemoModelsConfig, corpus_dir: Path, ini
     """InfoNCE with in-batch negatives from random init; Precision@1 on the demo eval."""
     import torch
 
-    from unime.experiments import method_effect as me
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     pairs, tables = _training_pairs(corpus_dir)
-    trainer = me.train_embedder(init, me.plain_records(pairs), config.embedder, corpus_dir)
+    trainer = recipes.train_embedder(init, recipes.plain_records(pairs), config.embedder, corpus_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out)
     trainer.embedder.processor.save_pretrained(out)
@@ -206,12 +204,11 @@ def train_off_the_shelf_embedder(config: DemoModelsConfig, corpus_dir: Path, ini
 
 def embedder_quality(folder: Path, corpus_dir: Path, tables) -> dict:
     from unime.data.images import ImageCache, ImageLimits
-    from unime.demo_data import EVAL_GROUPS
+    from unime.demo.corpus import EVAL_GROUPS
     from unime.eval.mmeb import aggregate
-    from unime.experiments import method_effect as me
     from unime.models import Embedder
 
-    per_subset, _ = me.evaluate(Embedder(str(folder), device="cpu"), tables,
+    per_subset, _ = recipes.evaluate(Embedder(str(folder), device="cpu"), tables,
                                 ImageCache(str(corpus_dir), ImageLimits()), 64)
     return {"per_subset": per_subset, "overall": aggregate(per_subset, EVAL_GROUPS)["scores"]["Overall"]}
 
@@ -233,7 +230,7 @@ def build(config: DemoModelsConfig, corpus_dir: str | Path, log=print) -> dict[s
 
 
 def _build(config: DemoModelsConfig, corpus_dir: Path, out: Path, log) -> None:
-    from unime import tiny
+    from unime.demo import tiny
 
     key = build_key(config, corpus_dir)
     log(f"building the demo's trained checkpoints in {out} (key {key}; a few minutes, once)")
@@ -285,7 +282,7 @@ def negatives_described(judge) -> str:
 def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> str:
     if role == "chat":
         chat, judge = config.chat, config.judge
-        made = (f"Tiny Qwen2.5-VL (`unime.tiny` size `{config.size}`), random init with std {chat.init_std}; "
+        made = (f"Tiny Qwen2.5-VL (`unime.demo.tiny` size `{config.size}`), random init with std {chat.init_std}; "
                 f"{chat.steps} steps of caption pre-training ({chat.chats_per_step} chats per step, lr {chat.lr}, "
                 f"next-token loss) on the demo corpus's training split, then {judge.steps} steps of judgement "
                 f"training ({judge.chats_per_step} chats per step, lr {judge.lr}; the judge prompt, \"Yes\" for a "
@@ -299,7 +296,7 @@ def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> s
         title, tag = "unime demo chat model (judge and reranker start)", "image-text-to-text"
     else:
         train = config.embedder
-        made = (f"Tiny Qwen2-VL (`unime.tiny` size `{config.size}`), random init; {train.max_steps} steps of "
+        made = (f"Tiny Qwen2-VL (`unime.demo.tiny` size `{config.size}`), random init; {train.max_steps} steps of "
                 f"InfoNCE with in-batch negatives ({train.queries_per_worker} queries per step, lr {train.lr}, "
                 f"temperature {train.temperature}, full fine-tuning) on the demo corpus's training pairs.")
         use = "The demo's off-the-shelf embedder (`models.embedder`): it retrieves the mining pools and is fine-tuned."
@@ -310,7 +307,7 @@ def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> s
     return "\n".join([
         "---", "library_name: transformers", f"pipeline_tag: {tag}", "tags: [unime, demo, tiny]", "---", "",
         f"# {title}", "", "## How it was made", "", made,
-        f"Built by `python -m unime.demo_models build` (`unime/demo_models.py`), build key `{key}`; "
+        f"Built by `python -m unime.demo.models build` (`unime/demo/models.py`), build key `{key}`; "
         f"training time on the building machine: {seconds}.", "", "## Use", "", use, "",
         "## What it scores", "", *scores, "",
         "A toy model for the embedded demo corpus only: it knows shapes, colours, counts and positions.", ""])
@@ -319,11 +316,11 @@ def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> s
 def main(argv: list[str] | None = None) -> int:
     from unime.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m unime.demo_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unime.demo.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser("build", help="build (or reuse) the demo's trained checkpoints")
     build_cmd.add_argument("--config", default="configs/demo_models.yaml")
-    build_cmd.add_argument("--corpus", default="artifacts/demo_data", help="the demo corpus (python -m unime.demo_data)")
+    build_cmd.add_argument("--corpus", default="artifacts/demo_data", help="the demo corpus (python -m unime.demo.corpus)")
     build_cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. judge.steps=500")
     args = parser.parse_args(argv)
     built = build(load_config(args.config, args.overrides, cls=DemoModelsConfig), args.corpus)

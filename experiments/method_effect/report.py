@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unime.demo_data import eval_groups
+from unime.demo.corpus import eval_groups
 from unime.eval.mmeb import aggregate
 from unime.reporting import Section, figure, figure_png, new_figure, render_html, table
 

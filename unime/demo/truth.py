@@ -1,6 +1,6 @@
 """Ground truth of the demo corpus: does a candidate truly answer a query?
 
-The demo corpus (:mod:`unime.demo_data`) records what every image shows
+The demo corpus (:mod:`unime.demo.corpus`) records what every image shows
 (``attributes.parquet``), and its texts come from a few templates, so whether a
 (query, candidate) pair matches is decidable: a caption matches every scene that fits it
 ("red circles" fits any two to four red circles, anywhere), a label matches the scene's
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unime.demo_data import COLOURS, COUNT_WORDS, INSTRUCTIONS, POSITIONS, QUESTIONS, SHAPES, Scene
+from unime.demo.corpus import COLOURS, COUNT_WORDS, INSTRUCTIONS, POSITIONS, QUESTIONS, SHAPES, Scene
 
 _PREFIX = {kind: INSTRUCTIONS[kind].split("{")[0] for kind in ("t2i", "vqa", "grounding")}
 _WORD_COUNT = {word: count for count, word in COUNT_WORDS.items()}

@@ -1,6 +1,6 @@
 """A small synthetic image-text corpus that exercises every MMEB task type, offline.
 
-``python -m unime.demo_data DIR`` renders shapes of known colour, count and position with
+``python -m unime.demo.corpus DIR`` renders shapes of known colour, count and position with
 PIL and writes, deterministically for a seed:
 
 - ``train/<Dataset>/train-00000.parquet``: MMEB-train pairs (``qry, qry_image_path,
@@ -380,7 +380,7 @@ def build(out_dir: str | Path, config: DemoCorpusConfig | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unime.demo_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unime.demo.corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-images", type=int, default=DemoCorpusConfig.train_images)

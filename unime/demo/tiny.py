@@ -1,6 +1,6 @@
 """Tiny random-init checkpoints built offline: an embedder, a judge and a reranker.
 
-``python -m unime.tiny build DIR`` writes ``DIR/embedder`` (Qwen2-VL architecture),
+``python -m unime.demo.tiny build DIR`` writes ``DIR/embedder`` (Qwen2-VL architecture),
 ``DIR/judge`` and ``DIR/reranker`` (Qwen2.5-VL architecture). Each folder is an ordinary
 Hugging Face checkpoint: config, safetensors weights, a byte-level BPE tokenizer trained
 here with Qwen's special tokens and chat template, and image/video processor configs with
@@ -92,7 +92,7 @@ SIZES = {
 
 def tokenizer_corpus() -> list[str]:
     """Text the tokenizer learns merges from: the method's prompts and the demo vocabulary."""
-    from unime.demo_data import vocabulary_sentences
+    from unime.demo.corpus import vocabulary_sentences
 
     answers = [YES, NO] * 200 + [f"Ans: ({i})" for i in range(1, 21)] * 10
     prompts = [JUDGE_PROMPT, LISTWISE_PROMPT, "Query:", "Candidate:", "Candidates:", MMEB_IMAGE_PLACEHOLDER]
@@ -260,7 +260,7 @@ def build(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> dict[str, P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unime.tiny", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unime.demo.tiny", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build_cmd = sub.add_parser("build", help="write embedder/, judge/ and reranker/ under DIR")
     build_cmd.add_argument("dir")
