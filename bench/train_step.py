@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,14 +86,14 @@ def worker(rank: int, world: int, port: int, args: dict, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, OptimConfig
     from unime.train.embedder import EmbedderTrainer
 
     torch.set_num_threads(max(1, 2 // world))
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    config = EmbedderTrainConfig(lr=1e-4, warmup_steps=0, max_steps=100, gradcache_chunk=args["chunk"],
-                                 lora_dropout=0.0)
+    config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-4), warmup_steps=0, max_steps=100, gradcache_chunk=args["chunk"],
+                                 lora=replace(EmbedderTrainConfig().lora, dropout=0.0))
     trainer = EmbedderTrainer(args["model"], config, device="cpu", image_root=args["corpus"])
     if world > 1:
         trainer.module = torch.nn.parallel.DistributedDataParallel(trainer.module)

@@ -76,7 +76,7 @@ def pipeline_overrides(demo_dir, tiny_dir, run_dir) -> list[str]:
         "train_reranker.checkpoint_every=1000", "eval.rerank_k=4", "eval.rerank_modes=[pairwise]",
         "eval.actors.num_cpus=0.5", "index.faiss.kind=flat", "index.corpus=[]",
         # the session's cluster may hold Serve replicas: trainers take half a CPU, not both
-        "train_embedder.cpus_per_worker=0.5", "train_reranker.cpus_per_worker=0.5")
+        "train_embedder.placement.cpus_per_worker=0.5", "train_reranker.placement.cpus_per_worker=0.5")
 
 
 def free_port() -> int:

@@ -222,9 +222,10 @@ def stage_requests(config) -> dict[str, tuple[dict[str, float], int]]:
     requests = {}
     for section in dataclasses.fields(config):
         value = getattr(config, section.name)
-        if isinstance(value, TrainPlacement):
-            bundle = {"CPU": value.cpus_per_worker, "GPU": 1.0 if value.use_gpu else 0.0, **value.resources_per_worker}
-            requests[section.name] = (bundle, value.num_workers)
+        if isinstance(getattr(value, "placement", None), TrainPlacement):
+            train = value.placement
+            bundle = {"CPU": train.cpus_per_worker, "GPU": 1.0 if train.use_gpu else 0.0, **train.resources_per_worker}
+            requests[section.name] = (bundle, train.num_workers)
         if isinstance(getattr(value, "actors", None), ActorConfig):
             actors = value.actors
             bundle = {"CPU": actors.num_cpus, "GPU": actors.num_gpus, **actors.resources}
@@ -270,7 +271,7 @@ def test_pipeline_stages_fit_the_cluster(config_name):
 
 def test_stage_check_catches_a_resource_no_node_offers():
     config = load_config(ROOT / "configs" / "qwen2vl_2b.yaml",
-                         ["judge.actors.resources={judge_gpu: 1}", "train_embedder.resources_per_worker={tpu_v5: 1}"])
+                         ["judge.actors.resources={judge_gpu: 1}", "train_embedder.placement.resources_per_worker={tpu_v5: 1}"])
     requests = stage_requests(config)
     node_types = all_clusters()["raycluster.yaml"]
     assert unoffered(requests["judge.actors"][0], node_types) == []

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import config_classes
+from tests.helpers import ROOT, config_classes
 from unime.config import ConfigError, PipelineConfig, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -25,15 +25,15 @@ def test_paper_settings_in_the_cluster_config():
     config = load_config(Path(__file__).parent.parent / "configs" / "qwen2vl_2b.yaml")
     assert (config.mining.pool_size, config.mining.num_negatives, config.mining.beta) == (50, 10, 0.01)
     train = config.train_embedder
-    assert (train.lora_r, train.lora_alpha, train.lora_dropout, train.use_dora) == (16, 64, 0.1, True)
-    assert (train.lr, train.warmup_steps, train.max_steps, train.temperature) == (1e-4, 200, 2000, 0.02)
-    assert (config.train_reranker.lora_r, config.train_reranker.lora_alpha) == (128, 256)
+    assert (train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.use_dora) == (16, 64, 0.1, True)
+    assert (train.optim.lr, train.warmup_steps, train.max_steps, train.temperature) == (1e-4, 200, 2000, 0.02)
+    assert (config.train_reranker.lora.r, config.train_reranker.lora.alpha) == (128, 256)
 
 
 def test_dotted_overrides_are_typed():
-    config = load_config(None, ["train_embedder.lr=3e-5", "mining.beta=0", "data.train=[a, s3://b/c]",
+    config = load_config(None, ["train_embedder.optim.lr=3e-5", "mining.beta=0", "data.train=[a, s3://b/c]",
                                 "models.min_pixels=null", "ray.num_cpus=2"])
-    assert config.train_embedder.lr == 3e-5 and isinstance(config.mining.beta, float)
+    assert config.train_embedder.optim.lr == 3e-5 and isinstance(config.mining.beta, float)
     assert config.data.train == ["a", "s3://b/c"]
     assert config.models.min_pixels is None and config.ray.num_cpus == 2
 
@@ -127,12 +127,38 @@ def test_where_and_how_big_work_runs_never_reaches_a_fingerprint():
     moved = load_config(None, [
         "embed.actors.num_actors=4", "embed.image_cpus=0.25", "judge.actors.resources={judge_gpu: 1}",
         "judge.engine.max_num_seqs=64", "mining.placement.num_gpus=1", "index.placement.resources={cpu_node: 1}",
-        "data.image_cache_mib=64", "train_embedder.num_workers=2", "train_embedder.checkpoint_every=7",
+        "data.image_cache_mib=64", "train_embedder.placement.num_workers=2", "train_embedder.checkpoint_every=7",
         "train_reranker.gradient_checkpointing=true", "eval.actors.num_cpus=3", "eval.rerank_engine.kv_cache_gib=9"])
     sections = ("data", "models", "embed", "mining", "judge", "train_embedder", "train_reranker", "eval", "index")
     for name in sections:
         assert fingerprint_view(getattr(base, name)) == fingerprint_view(getattr(moved, name)), name
-    changed = load_config(None, ["mining.beta=0.05", "judge.max_pixels=1000", "train_reranker.lr=1e-3",
+    changed = load_config(None, ["mining.beta=0.05", "judge.max_pixels=1000", "train_reranker.optim.lr=1e-3",
                                  "eval.rerank_k=5", "index.faiss.nprobe=4", "data.limits.max_pixels=99"])
     for name in ("mining", "judge", "train_reranker", "eval", "index", "data"):
         assert fingerprint_view(getattr(base, name)) != fingerprint_view(getattr(changed, name)), name
+
+
+def test_a_section_given_in_part_keeps_its_fields_defaults():
+    """``train_reranker.lora.r=8`` changes the rank only: the reranker's own alpha, dropout and
+    weight decay stay (not LoraConfig's or OptimConfig's class defaults, the embedder's), and
+    so does the judge's GPU per actor when only its actor count is set."""
+    config = load_config(None, ["train_reranker.lora.r=8", "train_reranker.optim.lr=1e-3",
+                                "judge.actors.num_actors=4", "train_embedder.placement.num_workers=2"])
+    reranker = config.train_reranker
+    assert (reranker.lora.r, reranker.lora.alpha, reranker.lora.dropout, reranker.lora.use_dora) == (8, 256, 0.05, False)
+    assert (reranker.optim.lr, reranker.optim.weight_decay) == (1e-3, 0.01)
+    assert (config.judge.actors.num_actors, config.judge.actors.num_gpus) == (4, 1.0)
+    assert (config.train_embedder.placement.num_workers, config.train_embedder.placement.use_gpu) == (2, True)
+    assert (config.train_embedder.optim.weight_decay, config.train_embedder.lora.use_dora) == (0.0, True)
+
+
+def test_training_fingerprints_keep_use_gpu_but_not_the_rest_of_placement():
+    from unime.pipeline import train_embedder
+
+    base = load_config(ROOT / "configs" / "demo.yaml")
+    moved = load_config(ROOT / "configs" / "demo.yaml", ["train_embedder.placement.num_workers=4",
+                                                          "train_embedder.placement.max_failures=0"])
+    on_gpu = load_config(ROOT / "configs" / "demo.yaml", ["train_embedder.placement.use_gpu=true"])
+    payload = train_embedder.stage.fingerprint
+    assert payload(base) == payload(moved)
+    assert payload(base) != payload(on_gpu)

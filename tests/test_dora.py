@@ -29,15 +29,15 @@ def norm_computations(monkeypatch) -> list[str]:
 
 
 def two_steps(tiny_dir, monkeypatch, cached: bool):
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
     from unime.train import embedder as embedder_module
     from unime.train.embedder import EmbedderTrainer
 
     if not cached:
         monkeypatch.setattr(embedder_module, "dora_norms_once", lambda model: contextlib.nullcontext())
     computed = norm_computations(monkeypatch)
-    config = EmbedderTrainConfig(lr=1e-2, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=2,
-                                 use_dora=True)
+    config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-2), warmup_steps=0, max_steps=5,
+                                 lora=LoraConfig(dropout=0.0, use_dora=True), gradcache_chunk=2)
     trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():  # random adapters: every A, B and magnitude gets a gradient
@@ -76,11 +76,11 @@ def test_norms_once_per_step_give_pefts_gradients_exactly(tiny_dir, monkeypatch)
 
 
 def test_leaving_the_block_restores_pefts_methods(tiny_dir):
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
     from unime.train.dora import dora_layers, dora_norms_once
     from unime.train.embedder import EmbedderTrainer
 
-    config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, use_dora=True)
+    config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-3), warmup_steps=0, max_steps=5, lora=LoraConfig(use_dora=True))
     trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0)
     layer = dora_layers(trainer.model)[0]
     with pytest.raises(RuntimeError, match="inside"), dora_norms_once(trainer.model):
@@ -90,10 +90,10 @@ def test_leaving_the_block_restores_pefts_methods(tiny_dir):
 
 
 def test_no_dora_layers_without_dora(tiny_dir):
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
     from unime.train.dora import dora_layers
     from unime.train.embedder import EmbedderTrainer
 
-    config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, use_dora=False)
+    config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-3), warmup_steps=0, max_steps=5, lora=LoraConfig(use_dora=False))
     trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0)
     assert dora_layers(trainer.model) == []

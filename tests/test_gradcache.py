@@ -127,7 +127,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_dir):
     the loss and every trainable gradient of the trainer's own step are unchanged. Gradients,
     not weights after the step: AdamW's first step moves each weight by about lr * sign(g), so
     a mis-scaled gradient would leave the weights as they were."""
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
     from unime.train.embedder import EmbedderTrainer
 
     batch = {"query_text": ["a red circle", "what colour?"], "query_image": ["", ""],
@@ -135,7 +135,8 @@ def test_gradient_checkpointing_keeps_gradients(tiny_dir):
              "judge_scores": [[0.9, 0.2, 0.4], [0.8, 0.1, 0.3]]}
     results = []
     for checkpointing in (False, True):
-        config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=0,
+        config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-3), warmup_steps=0, max_steps=5, lora=LoraConfig(dropout=0.0),
+                                     gradcache_chunk=0,
                                      gradient_checkpointing=checkpointing)
         trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0)
         assert trainer.model.is_gradient_checkpointing == checkpointing
@@ -166,7 +167,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_dir):
 def test_the_trainers_gradcache_step_collates_each_chunk_once_and_keeps_the_plain_gradients(tiny_dir, demo_dir):
     """The trainer's own step, images among the items: GradCache (chunks of 2) gives the plain
     step's loss and gradients, and its two forwards share one collation per chunk."""
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
     from unime.train.embedder import EmbedderTrainer
 
     image = "images/train/scene_00000.png"
@@ -175,7 +176,8 @@ def test_the_trainers_gradcache_step_collates_each_chunk_once_and_keeps_the_plai
              "cand_images": [["", image, ""], ["", "", ""]], "judge_scores": [[0.9, 0.2, 0.4], [0.8, 0.1, 0.3]]}
     results = []
     for chunk in (0, 2):
-        config = EmbedderTrainConfig(lr=1e-3, warmup_steps=0, max_steps=5, lora_dropout=0.0, gradcache_chunk=chunk)
+        config = EmbedderTrainConfig(optim=OptimConfig(lr=1e-3), warmup_steps=0, max_steps=5, lora=LoraConfig(dropout=0.0),
+                                     gradcache_chunk=chunk)
         trainer = EmbedderTrainer(str(tiny_dir / "embedder"), config, device="cpu", seed=0, image_root=str(demo_dir))
         generator = torch.Generator().manual_seed(5)
         with torch.no_grad():  # random adapters, so that every trainable tensor has a gradient

@@ -84,8 +84,8 @@ def test_arms_differ_only_in_loss_and_negatives():
     assert configs["unime_label_inbatch"] == configs["unime_inbatch"]
     both = configs["unime_inbatch"]
     assert both.soft_label_weight == 1 and both.infonce_weight == 1 and both.in_batch_negatives
-    shared = ("lr", "max_steps", "queries_per_worker", "temperature", "seed", "warmup_steps", "full_finetune")
-    assert len({tuple(getattr(c, k) for k in shared) for c in configs.values()}) == 1
+    shared = ("max_steps", "queries_per_worker", "temperature", "seed", "warmup_steps", "full_finetune")
+    assert len({(repr(c.optim), *(getattr(c, k) for k in shared)) for c in configs.values()}) == 1
 
 
 def test_loss_weights_select_the_objective():
@@ -216,11 +216,11 @@ def test_reduced_experiment_every_arm_trains_and_evaluates(tmp_path):
 
 @pytest.mark.parametrize("freeze_vision", [True, False])
 def test_reranker_trainer_vision_tower_frozen_only_when_asked(tiny_dir, freeze_vision):
-    from unime.config import RerankerTrainConfig
+    from unime.config import RerankerTrainConfig, TrainPlacement
     from unime.train.reranker import RerankerTrainer
 
     train = RerankerTrainConfig(full_finetune=True, freeze_vision=freeze_vision, effective_batch_size=4,
-                                micro_batch_size=4, use_gpu=False)
+                                micro_batch_size=4, placement=TrainPlacement(use_gpu=False))
     trainer = RerankerTrainer(str(tiny_dir / "reranker"), train, max_steps=2, device="cpu")
     visual = [p.requires_grad for p in trainer.model.model.visual.parameters()]
     language = [p.requires_grad for p in trainer.model.model.language_model.parameters()]
@@ -230,12 +230,13 @@ def test_reranker_trainer_vision_tower_frozen_only_when_asked(tiny_dir, freeze_v
 def test_yes_no_answer_loss_trains_the_judges_p_yes(tiny_dir):
     """The trainer's "yes_no" loss is -log of the P(Yes) (or P(No)) the judge reads from the
     same chat; listwise rows are refused."""
-    from unime.config import RerankerTrainConfig
+    from unime.config import OptimConfig, RerankerTrainConfig, TrainPlacement
     from unime.judge import HFJudge
     from unime.train.reranker import RerankerTrainer, chat_of
 
-    train = RerankerTrainConfig(full_finetune=True, effective_batch_size=2, micro_batch_size=2, use_gpu=False,
-                                answer_loss="yes_no", max_grad_norm=1.0)
+    train = RerankerTrainConfig(full_finetune=True, effective_batch_size=2, micro_batch_size=2,
+                                placement=TrainPlacement(use_gpu=False), answer_loss="yes_no",
+                                optim=OptimConfig(lr=2e-5, weight_decay=0.01, max_grad_norm=1.0))
     trainer = RerankerTrainer(str(tiny_dir / "judge"), train, max_steps=2, device="cpu")
     rows = [{"kind": "pairwise", "query_text": "two red circles", "query_image": "", "cand_texts": [text],
              "cand_images": [""], "answer": answer} for text, answer in (("red", YES), ("a blue square", NO))]

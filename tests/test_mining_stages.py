@@ -67,8 +67,8 @@ PLACEMENT = ["embed.actors.num_actors=2", "embed.actors.num_cpus=1", "embed.imag
              "judge.actors.num_actors=3", "judge.actors.num_cpus=1.5", "judge.engine.kv_cache_gib=3",
              "data.image_cache_mib=64", "mining.placement.num_cpus=2", "index.placement.num_cpus=2",
              "eval.actors.num_actors=2", "eval.rerank_engine.kv_cache_gib=3",
-             "train_embedder.num_workers=3", "train_embedder.cpus_per_worker=0.5",
-             "train_embedder.checkpoint_every=7", "train_reranker.num_workers=5", "train_reranker.max_failures=9"]
+             "train_embedder.placement.num_workers=3", "train_embedder.placement.cpus_per_worker=0.5",
+             "train_embedder.checkpoint_every=7", "train_reranker.placement.num_workers=5", "train_reranker.placement.max_failures=9"]
 
 
 def test_moving_the_work_reruns_no_stage(mined_run, demo_dir, tiny_dir):

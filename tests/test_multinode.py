@@ -31,10 +31,10 @@ IDLE_TIMEOUT_S = 5
 # merge that publishes their checkpoint) for train-gpu nodes.
 PLACEMENT = ["embed.actors.resources={judge_gpu: 1}", "judge.actors.resources={judge_gpu: 1}",
              "ray.data_task_resources={cpu_node: 0.001}", "mining.placement.resources={cpu_node: 0.001}"]
-TRAIN = ["train_embedder.num_workers=1", "train_embedder.use_gpu=false", "train_embedder.cpus_per_worker=0.5",
-         "train_embedder.resources_per_worker={train_gpu: 1}", "train_embedder.num_hard_negatives=3",
+TRAIN = ["train_embedder.placement.num_workers=1", "train_embedder.placement.use_gpu=false", "train_embedder.placement.cpus_per_worker=0.5",
+         "train_embedder.placement.resources_per_worker={train_gpu: 1}", "train_embedder.num_hard_negatives=3",
          "train_embedder.queries_per_worker=8", "train_embedder.gradcache_chunk=8", "train_embedder.max_steps=30",
-         "train_embedder.checkpoint_every=5", "train_embedder.max_failures=2"]
+         "train_embedder.checkpoint_every=5", "train_embedder.placement.max_failures=2"]
 
 
 LOCAL = {"cpus_per_node": 2, "max_workers": 1, "idle_timeout_s": IDLE_TIMEOUT_S}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unime.config import ConfigError, RerankerTrainConfig, load_config
+from unime.config import ConfigError, LoraConfig, RerankerTrainConfig, load_config
 from unime.judge import PromptTooLongError
 from unime.losses import IGNORE_INDEX
 from unime.rerank import Reranker, build_listwise_messages
@@ -118,8 +118,8 @@ RECORD = {"query_text": "<|image_1|>\nWhat colour?", "query_image": "images/trai
 
 
 def trainer(tiny_dir, demo_dir, **train) -> RerankerTrainer:
-    config = RerankerTrainConfig(effective_batch_size=3, micro_batch_size=3, lora_r=4, lora_alpha=8,
-                                 lora_dropout=0.3, **train)
+    config = RerankerTrainConfig(effective_batch_size=3, micro_batch_size=3,
+                                 lora=LoraConfig(r=4, alpha=8, dropout=0.3, use_dora=False), **train)
     return RerankerTrainer(str(tiny_dir / "reranker"), config, max_steps=4, device="cpu", image_root=str(demo_dir),
                            seed=0)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from unime.config import RerankerTrainConfig
+from unime.config import LoraConfig, OptimConfig, RerankerTrainConfig
 from unime.losses import IGNORE_INDEX
 from unime.train.reranker import RerankerTrainer, reranker_examples
 
@@ -39,9 +39,10 @@ def examples(records: int) -> list[dict]:
                              seed=0).to_pylist()
 
 
-def config(**train) -> RerankerTrainConfig:
-    return RerankerTrainConfig(**{"effective_batch_size": 4, "micro_batch_size": 2, "lora_r": 4, "lora_alpha": 8,
-                                  "lora_dropout": 0.0, "lr": 1e-3, **train})
+def config(dropout: float = 0.0, **train) -> RerankerTrainConfig:
+    return RerankerTrainConfig(**{"effective_batch_size": 4, "micro_batch_size": 2,
+                                  "lora": LoraConfig(r=4, alpha=8, dropout=dropout, use_dora=False),
+                                  "optim": OptimConfig(lr=1e-3, weight_decay=0.01), **train})
 
 
 def columns(rows: list[dict]) -> dict[str, list]:
@@ -214,7 +215,7 @@ def test_a_resumed_run_with_accumulation_continues_the_uninterrupted_one(tiny_di
     from unime.train.reranker import train_loop_per_worker
 
     rows = examples(3)
-    loop_config = {"model": str(tiny_dir / "reranker"), "train": asdict(config(lora_dropout=0.3)), "max_steps": 5,
+    loop_config = {"model": str(tiny_dir / "reranker"), "train": asdict(config(dropout=0.3)), "max_steps": 5,
                    "checkpoint_every": 3, "trainer_kwargs": {"device": "cpu", "image_root": str(demo_dir), "seed": 0}}
     runs = {}
     for name, fail_after_step in (("uninterrupted", None), ("interrupted", 4)):

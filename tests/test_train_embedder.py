@@ -15,9 +15,9 @@ from unime.pipeline import mine, train_embedder
 from unime.train.embedder import EmbedderTrainer, training_examples
 
 pytestmark = pytest.mark.integration
-TRAIN = ["train_embedder.num_workers=1", "train_embedder.use_gpu=false", "train_embedder.cpus_per_worker=0.5",
+TRAIN = ["train_embedder.placement.num_workers=1", "train_embedder.placement.use_gpu=false", "train_embedder.placement.cpus_per_worker=0.5",
          "train_embedder.num_hard_negatives=3", "train_embedder.queries_per_worker=8",
-         "train_embedder.warmup_steps=1", "train_embedder.lr=2e-3", "train_embedder.gradcache_chunk=8"]
+         "train_embedder.warmup_steps=1", "train_embedder.optim.lr=2e-3", "train_embedder.gradcache_chunk=8"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_loss_falls_and_artefacts_load(demo_dir, tiny_dir, mined, tmp_path):
     # Another config in the same run dir trains afresh: Ray Train would otherwise restore
     # the old run's step-24 checkpoint under the same run name and stop at once.
     changed = train_config(demo_dir, tiny_dir, mined, tmp_path, "train_embedder.max_steps=12",
-                           "train_embedder.checkpoint_every=6", "train_embedder.lr=1e-3")
+                           "train_embedder.checkpoint_every=6", "train_embedder.optim.lr=1e-3")
     assert train_embedder.run(changed)["rows"]["steps"] == 12
     assert len(json.loads((tmp_path / "train_embedder" / "losses.json").read_text())) == 12
 
@@ -64,7 +64,7 @@ def _final_progress(config):
         return json.loads(open(f"{folder}/progress.json").read())
 
 
-RESUME_STEPS = ["train_embedder.max_steps=6", "train_embedder.checkpoint_every=2", "train_embedder.max_failures=1"]
+RESUME_STEPS = ["train_embedder.max_steps=6", "train_embedder.checkpoint_every=2", "train_embedder.placement.max_failures=1"]
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +107,13 @@ def first_step_gradients(state: dict) -> dict[int, torch.Tensor]:
 
 def test_two_workers_match_one(demo_dir, tiny_dir, mined, tmp_path):
     """2 workers x B/2 queries give the gradient of 1 worker x B (DDP averages gradients)."""
-    common = ["train_embedder.max_steps=1", "train_embedder.checkpoint_every=1", "train_embedder.lora_dropout=0.0",
+    common = ["train_embedder.max_steps=1", "train_embedder.checkpoint_every=1", "train_embedder.lora.dropout=0.0",
               "train_embedder.warmup_steps=0"]
     states = {}
     for workers, per_worker in ((1, 8), (2, 4)):
         config = train_config(demo_dir, tiny_dir, mined, tmp_path / f"w{workers}", *common,
-                              f"train_embedder.num_workers={workers}", f"train_embedder.queries_per_worker={per_worker}")
-        assert config.train_embedder.max_grad_norm is None  # a clipped gradient would hide a scale error
+                              f"train_embedder.placement.num_workers={workers}", f"train_embedder.queries_per_worker={per_worker}")
+        assert config.train_embedder.optim.max_grad_norm is None  # a clipped gradient would hide a scale error
         records = pq.read_table(mine.output_paths(str(config.run_dir))["mined_table"])
         assert records.num_rows >= 8
         # one step over exactly the same 8 examples
@@ -136,12 +136,13 @@ def test_two_workers_match_one(demo_dir, tiny_dir, mined, tmp_path):
 
 def test_trainer_without_ray_steps_and_resumes(demo_dir, tiny_dir, mined, tmp_path):
     """The worker state alone: save after 2 steps, load into a fresh trainer, same next step."""
-    from unime.config import EmbedderTrainConfig
+    from unime.config import EmbedderTrainConfig, LoraConfig, OptimConfig
 
     records = pq.read_table(mine.output_paths(str(mined))["mined_table"])
     rows = training_examples(records, 3).to_pylist()
     batches = [{k: [r[k] for r in rows[i: i + 4]] for k in rows[0]} for i in (0, 4, 8)]
-    cfg = EmbedderTrainConfig(lr=1e-3, warmup_steps=1, max_steps=10, gradcache_chunk=4, lora_dropout=0.1)
+    cfg = EmbedderTrainConfig(optim=OptimConfig(lr=1e-3), warmup_steps=1, max_steps=10, gradcache_chunk=4,
+                              lora=LoraConfig(dropout=0.1))
     first = EmbedderTrainer(str(tiny_dir / "embedder"), cfg, device="cpu", image_root=str(demo_dir))
     first.step(batches[0])
     first.step(batches[1])

@@ -21,8 +21,8 @@ def test_reranker_learns_the_listwise_format(mined_run, demo_dir, tiny_dir, tmp_
     shutil.copytree(mined_run[0].run_dir, tmp_path, dirs_exist_ok=True)  # the session's mining, not redone
     config = mining_config(
         demo_dir, tiny_dir, tmp_path, f"models.reranker={tiny_dir}/reranker",
-        "train_reranker.num_workers=1", "train_reranker.use_gpu=false", "train_reranker.cpus_per_worker=0.5",
-        "train_reranker.effective_batch_size=8", "train_reranker.micro_batch_size=8", "train_reranker.lr=1e-3",
+        "train_reranker.placement.num_workers=1", "train_reranker.placement.use_gpu=false", "train_reranker.placement.cpus_per_worker=0.5",
+        "train_reranker.effective_batch_size=8", "train_reranker.micro_batch_size=8", "train_reranker.optim.lr=1e-3",
         "train_reranker.epochs=3", "train_reranker.full_finetune=true",
         "train_reranker.listwise_candidates=3", "train_reranker.checkpoint_every=1000")
     result = train_reranker.run(config)

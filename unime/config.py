@@ -1,6 +1,6 @@
 """One config system: typed dataclasses, loaded from YAML, with dotted command-line overrides.
 
-``load_config("configs/demo.yaml", ["train_embedder.lr=1e-4"])`` returns a validated
+``load_config("configs/demo.yaml", ["train_embedder.optim.lr=1e-4"])`` returns a validated
 :class:`PipelineConfig`. Unknown keys, wrong types and out-of-range values fail with the
 dotted path of the offending field.
 """
@@ -365,14 +365,35 @@ class TrainPlacement:
     max_failures: int = 2
 
 
-# These do not change what the model learns, so training fingerprints leave them out;
-# ``use_gpu`` stays in (bf16 autocast on GPU changes the numerics).
-PLACEMENT_KEYS = tuple(f.name for f in dataclasses.fields(TrainPlacement) if f.name != "use_gpu")
+@dataclass
+class LoraConfig:
+    """PEFT adapters on the language model's projections: rank ``r``, scale ``alpha / r``,
+    dropout on the adapter's input, and DoRA's per-column magnitude (``use_dora``). The
+    defaults are the paper's embedder's; the reranker's are its own field default."""
+
+    r: int = 16
+    alpha: int = 64
+    dropout: float = 0.1
+    use_dora: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with decoupled ``weight_decay``; ``max_grad_norm`` clips the gradient norm before
+    each optimiser step (None: off; random-init runs need it). The defaults are the paper's
+    embedder's."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+
+
 # Fields that say where work runs, how big its engines, caches and checkpoints are, never
 # what it computes: no stage fingerprint includes them, so moving or resizing work never
-# reruns a stage (or the stages after it).
+# reruns a stage (or the stages after it). A training stage adds ``placement.use_gpu`` back
+# itself: bf16 autocast on a GPU changes the numerics.
 RUNTIME_ONLY = frozenset({"actors", "placement", "engine", "rerank_engine", "image_cache_mib", "image_cpus",
-                          "checkpoint_every", "gradient_checkpointing", *PLACEMENT_KEYS})
+                          "checkpoint_every", "gradient_checkpointing"})
 
 
 def fingerprint_view(section) -> dict:
@@ -387,9 +408,12 @@ def fingerprint_view(section) -> dict:
 
 
 @dataclass
-class EmbedderTrainConfig(TrainPlacement):
+class EmbedderTrainConfig:
     """UniME-V2 embedder training (docs/method.md section 5): paper values as defaults."""
 
+    placement: TrainPlacement = field(default_factory=TrainPlacement)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     queries_per_worker: int = 64
     num_hard_negatives: int = 8
     temperature: float = 0.02
@@ -397,18 +421,10 @@ class EmbedderTrainConfig(TrainPlacement):
     # soft_label_weight 0 and infonce_weight 1 is plain contrastive training (VLM2Vec).
     soft_label_weight: float = 1.0
     infonce_weight: float = 0.0
-    lr: float = 1e-4
     warmup_steps: int = 200
     max_steps: int = 2000
-    lora_r: int = 16
-    lora_alpha: int = 64
-    lora_dropout: float = 0.1
-    use_dora: bool = True
     full_finetune: bool = False
     in_batch_negatives: bool = False
-    weight_decay: float = 0.0
-    # gradient-norm clipping before each optimiser step (None: off); random-init runs need it
-    max_grad_norm: float | None = None
     bf16: bool = True
     gradient_checkpointing: bool = False
     gradcache_chunk: int = 16
@@ -427,19 +443,19 @@ class EmbedderTrainConfig(TrainPlacement):
 
 
 @dataclass
-class RerankerTrainConfig(TrainPlacement):
-    """UniME-V2 reranker training (docs/method.md section 6): paper values as defaults."""
+class RerankerTrainConfig:
+    """UniME-V2 reranker training (docs/method.md section 6): paper values as defaults
+    (weight decay 0.01: AdamW's own default, which this trainer has always used)."""
 
+    placement: TrainPlacement = field(default_factory=TrainPlacement)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=128, alpha=256, dropout=0.05, use_dora=False))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.01))
     effective_batch_size: int = 32
     micro_batch_size: int = 4
-    lr: float = 2e-5
     warmup_ratio: float = 0.03
     epochs: int = 1
     # stop after this many optimiser steps when the epochs would take more (None: the epochs decide)
     max_steps: int | None = None
-    lora_r: int = 128
-    lora_alpha: int = 256
-    lora_dropout: float = 0.05
     # Full fine-tuning of the language model (vision tower still frozen). For random-init tiny
     # models: with frozen final norm and LM head, LoRA alone cannot raise the logit scale
     # enough to fit an answer format.
@@ -454,8 +470,6 @@ class RerankerTrainConfig(TrainPlacement):
     # first steps raising "Yes"/"No" above the vocabulary through the prompt's constant part,
     # which drowns the image and candidate in the last hidden state (docs/method-experiment.md).
     answer_loss: Literal["next_token", "yes_no"] = "next_token"
-    # gradient-norm clipping before each optimiser step (None: off)
-    max_grad_norm: float | None = None
     # recompute each block's activations in backward: a 7B model with six-image listwise chats
     # fits micro-batches that would not fit otherwise (gradients unchanged, tested)
     gradient_checkpointing: bool = False
@@ -555,6 +569,15 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     return value
 
 
+def _onto_default(value: Any, default: Any) -> Any:
+    """A section given in part keeps the rest of its field's default, not its class's: with
+    ``train_reranker.lora.r=4`` the reranker keeps its own alpha and dropout (and
+    ``judge.actors.num_actors=4`` its GPU per actor)."""
+    if isinstance(value, dict) and dataclasses.is_dataclass(default):
+        return {**dataclasses.asdict(default), **value}
+    return value
+
+
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass ``cls`` from plain data, checking every key and type."""
     where = path or cls.__name__
@@ -565,7 +588,10 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    values = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
+    values = {k: _coerce(_onto_default(v, defaults.get(k)), hints[k], f"{path}.{k}" if path else k)
+              for k, v in data.items()}
     try:
         return cls(**values)
     except ConfigError as exc:

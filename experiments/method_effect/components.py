@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from unime.config import EmbedderTrainConfig, MiningConfig
+from unime.config import EmbedderTrainConfig, MiningConfig, OptimConfig, TrainPlacement
 from unime.demo.corpus import DemoCorpusConfig
 from unime.demo.recipes import ChatRecipe, JudgeRecipe, PretrainRecipe, embed
 
@@ -57,9 +57,9 @@ ARMS: tuple[str, ...] = ("infonce", "infonce_hard", "unime", "unime_inbatch", "u
 
 
 def _arm_training() -> EmbedderTrainConfig:
-    return EmbedderTrainConfig(num_workers=1, use_gpu=False, queries_per_worker=32, lr=3e-4, warmup_steps=40,
-                               max_steps=600, temperature=0.05, max_grad_norm=1.0, full_finetune=True, bf16=False,
-                               gradcache_chunk=0)
+    return EmbedderTrainConfig(placement=TrainPlacement(num_workers=1, use_gpu=False), queries_per_worker=32,
+                               optim=OptimConfig(lr=3e-4, max_grad_norm=1.0), warmup_steps=40, max_steps=600,
+                               temperature=0.05, full_finetune=True, bf16=False, gradcache_chunk=0)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from unime.config import EmbedderTrainConfig
+from unime.config import EmbedderTrainConfig, OptimConfig, TrainPlacement
 from unime.demo import recipes
 from unime.demo.recipes import JudgeRecipe, PretrainRecipe
 
@@ -49,9 +49,10 @@ SCORES = "unime_scores.json"  # in each checkpoint folder: what its model card s
 
 
 def _embedder_training() -> EmbedderTrainConfig:
-    return EmbedderTrainConfig(num_workers=1, use_gpu=False, queries_per_worker=32, num_hard_negatives=0,
-                               soft_label_weight=0.0, infonce_weight=1.0, in_batch_negatives=True, lr=3e-4,
-                               warmup_steps=30, max_steps=600, temperature=0.05, max_grad_norm=1.0,
+    return EmbedderTrainConfig(placement=TrainPlacement(num_workers=1, use_gpu=False), queries_per_worker=32,
+                               num_hard_negatives=0, soft_label_weight=0.0, infonce_weight=1.0,
+                               in_batch_negatives=True, optim=OptimConfig(lr=3e-4, max_grad_norm=1.0),
+                               warmup_steps=30, max_steps=600, temperature=0.05,
                                full_finetune=True, bf16=False, gradcache_chunk=0)
 
 
@@ -297,7 +298,7 @@ def model_card(role: str, config: DemoModelsConfig, result: dict, key: str) -> s
     else:
         train = config.embedder
         made = (f"Tiny Qwen2-VL (`unime.demo.tiny` size `{config.size}`), random init; {train.max_steps} steps of "
-                f"InfoNCE with in-batch negatives ({train.queries_per_worker} queries per step, lr {train.lr}, "
+                f"InfoNCE with in-batch negatives ({train.queries_per_worker} queries per step, lr {train.optim.lr}, "
                 f"temperature {train.temperature}, full fine-tuning) on the demo corpus's training pairs.")
         use = "The demo's off-the-shelf embedder (`models.embedder`): it retrieves the mining pools and is fine-tuned."
         scores = [f"- Overall Precision@1 on the demo eval: **{result['precision_at_1']['overall']:.1f}**"]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from unime.config import EmbedderTrainConfig, RerankerTrainConfig
+from unime.config import EmbedderTrainConfig, RerankerTrainConfig, TrainPlacement
 from unime.prompts import NO, YES
 
 
@@ -184,10 +184,12 @@ def train_chat_model(checkpoint: Path, examples: list[dict], recipe: ChatRecipe,
     from unime.train.reranker import RerankerTrainer
 
     answer_loss = recipe.answer_loss
-    train = RerankerTrainConfig(num_workers=1, use_gpu=False, effective_batch_size=recipe.chats_per_step,
-                                micro_batch_size=recipe.chats_per_step, lr=recipe.lr, full_finetune=True,
-                                freeze_vision=False, answer_loss=answer_loss, max_grad_norm=recipe.max_grad_norm,
-                                seed=seed)
+    train = RerankerTrainConfig(placement=TrainPlacement(num_workers=1, use_gpu=False),
+                                effective_batch_size=recipe.chats_per_step, micro_batch_size=recipe.chats_per_step,
+                                # the reranker trainer's AdamW (its weight decay kept), at the recipe's rate
+                                optim=replace(RerankerTrainConfig().optim, lr=recipe.lr,
+                                              max_grad_norm=recipe.max_grad_norm),
+                                full_finetune=True, freeze_vision=False, answer_loss=answer_loss, seed=seed)
     group = 1
     if answer_loss == "yes_no":
         # (positive, negative) chats of one query stay in one batch: the query's own pull on

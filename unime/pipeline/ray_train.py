@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from unime.config import PipelineConfig, fingerprint_view
+from unime.config import PipelineConfig, TrainPlacement, fingerprint_view
 from unime.data.storage import arrow_filesystem, exists, filesystem, is_remote, join, read_bytes, write_bytes
 from unime.models.checkpoints import local_checkpoint
 from unime.pipeline import mine
@@ -16,9 +16,9 @@ from unime.pipeline.stage import Context, Stage, model_versions
 from unime.train.base import materialise_full, merge_adapter
 
 
-def torch_trainer(loop, loop_config: dict, train, run_dir: str, stage: str, name: str, datasets: dict,
+def torch_trainer(loop, loop_config: dict, placement: TrainPlacement, run_dir: str, stage: str, name: str, datasets: dict,
                   storage_options: dict | None = None):
-    """A ``TorchTrainer``: workers, resources, checkpoint retention and failures from ``train``.
+    """A ``TorchTrainer``: workers, resources, checkpoint retention and failures from ``placement``.
 
     Checkpoints go under ``<run_dir>/<stage>/ray/<name>`` on local disk or an object store,
     written by pyarrow's native client for ``s3://`` (:func:`unime.data.storage.arrow_filesystem`).
@@ -30,19 +30,20 @@ def torch_trainer(loop, loop_config: dict, train, run_dir: str, stage: str, name
     fs, inner = arrow_filesystem(storage, storage_options) if is_remote(storage) else (None, storage)
     return TorchTrainer(
         loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=worker_resources(train)),
+        scaling_config=ScalingConfig(num_workers=placement.num_workers, use_gpu=placement.use_gpu,
+                                     resources_per_worker=worker_resources(placement)),
         run_config=RunConfig(name=name, storage_path=inner, storage_filesystem=fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=train.max_failures)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=placement.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=placement.max_failures)),
         datasets=datasets,
     )
 
 
-def worker_resources(train) -> dict[str, float]:
+def worker_resources(placement: TrainPlacement) -> dict[str, float]:
     """One training worker's resources: its CPUs, a GPU when it trains on one, and the node
     type's custom resource."""
-    return {"CPU": train.cpus_per_worker, **train.resources_per_worker} | ({"GPU": 1} if train.use_gpu else {})
+    return ({"CPU": placement.cpus_per_worker, **placement.resources_per_worker}
+            | ({"GPU": 1} if placement.use_gpu else {}))
 
 
 def publish_checkpoint(checkpoint, base_model: str, run_dir: str, stage: str, dtype: str, device: str,
@@ -81,12 +82,12 @@ def publish(result, base_model: str, run_dir: str, stage: str, train, dtype: str
     the driver's head node, which has neither the memory nor the GPU for a 7B merge)."""
     import ray
 
-    resources = worker_resources(train)
+    resources = worker_resources(train.placement)
     task = ray.remote(publish_checkpoint).options(
         name=f"publish_{stage}", num_cpus=resources.pop("CPU"), num_gpus=resources.pop("GPU", 0),
         resources=resources)
     return ray.get(task.remote(result.checkpoint, base_model, run_dir, stage, dtype,
-                               "cuda" if train.use_gpu else "cpu", storage_options))
+                               "cuda" if train.placement.use_gpu else "cpu", storage_options))
 
 
 def claim_checkpoints(run_dir: str, stage: str, stage_fingerprint: str, storage_options: dict | None = None) -> None:
@@ -117,7 +118,9 @@ def training_stage(name: str, section: str, role: str, inputs: Callable[[Pipelin
     """
     def payload(config: PipelineConfig) -> dict:
         model = getattr(config.models, role)
-        return {"train": fingerprint_view(getattr(config, section)), "model": model,
+        train = getattr(config, section)
+        # placement is runtime-only, but a GPU's bf16 autocast changes the numerics
+        return {"train": fingerprint_view(train), "use_gpu": train.placement.use_gpu, "model": model,
                 "version": model_versions(config, model), "dtype": config.models.dtype, "inputs": inputs(config)}
 
     def run(context: Context) -> dict:

@@ -29,13 +29,13 @@ def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
     train, models, data = config.train_embedder, config.models, config.data
     loop_config = {
         "model": models.embedder, "train": asdict(train), "fail_after_step": config.faults.train_fail_after_step,
-        "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
+        "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.placement.use_gpu else "cpu",
                            **config.embedder_inputs(),
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "image_cache_mib": data.image_cache_mib,
                            "storage_options": data.storage_options, "seed": train.seed},
     }
-    return torch_trainer(train_loop_per_worker, loop_config, train, config.run_dir, STAGE, name,
+    return torch_trainer(train_loop_per_worker, loop_config, train.placement, config.run_dir, STAGE, name,
                          {"train": dataset}, data.storage_options)
 
 

@@ -52,13 +52,13 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
     loop_config = {
         "model": models.reranker, "train": asdict(train), "max_steps": max_steps,
         "checkpoint_every": train.checkpoint_every, "fail_after_step": config.faults.train_fail_after_step,
-        "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.use_gpu else "cpu",
+        "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.placement.use_gpu else "cpu",
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "image_cache_mib": data.image_cache_mib,
                            "storage_options": data.storage_options, "seed": train.seed,
                            **config.reranker_inputs()},
     }
-    return torch_trainer(train_loop_per_worker, loop_config, train, config.run_dir, STAGE, name,
+    return torch_trainer(train_loop_per_worker, loop_config, train.placement, config.run_dir, STAGE, name,
                          {"train": ray.data.from_arrow(table)}, data.storage_options)
 
 

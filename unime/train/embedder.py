@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from unime.config import EmbedderTrainConfig
+from unime.config import EmbedderTrainConfig, from_dict
 from unime.data.images import ImageCache, ImageLimits
 from unime.losses import info_nce, soft_kl_alignment
 from unime.models import Embedder, EmbedItem
@@ -62,7 +62,7 @@ class EmbedderTrainer(TrainerBase):
                                  input_format=input_format, image_resolution=image_resolution, use="train_embedder",
                                  storage_options=storage_options)
         self.model = self.embedder.model.train()
-        self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout, train.use_dora,
+        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.use_dora,
                                train.full_finetune)
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -71,7 +71,7 @@ class EmbedderTrainer(TrainerBase):
         self.images = ImageCache(image_root, ImageLimits(**(limits or {})), storage_options, image_cache_mib << 20,
                                  prepare=self.embedder.prepare_image)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable, lr=train.optim.lr, weight_decay=train.optim.weight_decay)
         from transformers import get_linear_schedule_with_warmup
 
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, train.warmup_steps, train.max_steps)
@@ -137,7 +137,7 @@ class EmbedderTrainer(TrainerBase):
                                       no_sync, prepare=self.collate)
             else:
                 loss = plain_step(self.embed, queries, candidates, self.loss_fn(judge))
-        self.clip_gradients(self.config.max_grad_norm)
+        self.clip_gradients(self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
@@ -151,7 +151,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     from torch.nn.parallel import DistributedDataParallel
 
-    train = EmbedderTrainConfig(**loop_config["train"])
+    train = from_dict(EmbedderTrainConfig, loop_config["train"])
     trainer = EmbedderTrainer(loop_config["model"], train, **loop_config["trainer_kwargs"])
     if ray.train.get_context().get_world_size() > 1:
         trainer.module = DistributedDataParallel(trainer.module, find_unused_parameters=train.full_finetune)

@@ -20,7 +20,7 @@ import random
 import pyarrow as pa
 import torch
 
-from unime.config import RerankerTrainConfig
+from unime.config import RerankerTrainConfig, from_dict
 from unime.data.images import ImageCache, ImageLimits
 from unime.judge.hf import ChatInputs, over_budget, yes_no_token_ids
 from unime.judge.prompts import item_parts
@@ -91,7 +91,7 @@ class RerankerTrainer(TrainerBase):
                                  max_model_len=max_model_len)
         self.processor = self.inputs.processor
         self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
-        self.peft = apply_lora(self.model, train.lora_r, train.lora_alpha, train.lora_dropout,
+        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout,
                                full_finetune=train.full_finetune)
         if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
             self.model.model.visual.requires_grad_(False)
@@ -109,7 +109,7 @@ class RerankerTrainer(TrainerBase):
                              f"micro_batch_size x workers = {per_step}")
         self.accumulation = train.effective_batch_size // per_step
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=train.lr)
+        self.optimizer = torch.optim.AdamW(trainable, lr=train.optim.lr, weight_decay=train.optim.weight_decay)
         from transformers import get_cosine_schedule_with_warmup
 
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(train.warmup_ratio * max_steps), max_steps)
@@ -176,7 +176,7 @@ class RerankerTrainer(TrainerBase):
                 loss = self.summed_loss(micro_batch) / targets
                 loss.backward()
             total += float(loss.detach())
-        self.clip_gradients(self.config.max_grad_norm)
+        self.clip_gradients(self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
@@ -190,7 +190,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     from torch.nn.parallel import DistributedDataParallel
 
-    train = RerankerTrainConfig(**loop_config["train"])
+    train = from_dict(RerankerTrainConfig, loop_config["train"])
     world = ray.train.get_context().get_world_size()
     trainer = RerankerTrainer(loop_config["model"], train, loop_config["max_steps"], world,
                               **loop_config["trainer_kwargs"])
