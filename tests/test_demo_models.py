@@ -71,3 +71,24 @@ def test_the_key_covers_the_training_code(tmp_path):
     before = demo_models.code_digest(package)
     (package / "train" / "module.py").write_text("x = 2\n")
     assert demo_models.code_digest(package) != before
+
+
+def test_the_chat_build_raises_its_threads_at_a_fixed_step_not_by_timing(demo_dir):
+    """The thread count changes float summation order, so the switch is part of the recipe:
+    a step, the same on every build, whatever the machine's load (and in the build key)."""
+    import torch
+
+    config = DemoModelsConfig()
+    assert demo_models.build_key(config, demo_dir) != demo_models.build_key(
+        replace(config, threads_from_step=config.threads_from_step + 1), demo_dir)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        switch = demo_models.ThreadsFromStep(from_step=5, threads=2)
+        switch(4)
+        assert torch.get_num_threads() == 1
+        switch(5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

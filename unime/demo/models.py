@@ -73,6 +73,10 @@ class DemoModelsConfig:
     embedder: EmbedderTrainConfig = field(default_factory=_embedder_training)
     # processes training side by side (1: one after the other); each gets one CPU thread
     parallel: int = 2
+    # the chat model's caption step from which it trains on `parallel` threads (part of the
+    # recipe: the build is reproducible only for a fixed switch; the embedder's training is
+    # done by about here)
+    threads_from_step: int = 400
 
 
 def code_digest(package: Path | None = None) -> str:
@@ -119,22 +123,24 @@ def _training_pairs(corpus_dir: Path):
     return pairs, tables
 
 
-class ThreadsWhenFree:
-    """Raise this process's torch threads once another process has marked its work done (the
-    chat model trains longest: it takes the other training's core when that one finishes)."""
+class ThreadsFromStep:
+    """Raise this process's torch threads at a fixed training step (the chat model trains
+    longest: it takes the embedder's core once that one is done). A fixed step, not "when the
+    other process finishes": the thread count changes the order of float sums, so a switch
+    timed by the machine's load made two builds of one recipe train different judges."""
 
-    def __init__(self, flag: Path, threads: int):
-        self.flag, self.threads, self.raised = flag, threads, False
+    def __init__(self, from_step: int, threads: int):
+        self.from_step, self.threads, self.raised = from_step, threads, False
 
     def __call__(self, step: int) -> None:
         import torch
 
-        if not self.raised and step % 10 == 0 and self.flag.exists():
+        if not self.raised and step >= self.from_step:
             torch.set_num_threads(self.threads)
             self.raised = True
 
 
-def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path, free_flag: Path) -> dict:
+def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path) -> dict:
     """Caption pre-training then judgement training; the judge's held-out AUC."""
     import torch
 
@@ -144,7 +150,7 @@ def train_chat(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path
     started = time.perf_counter()
     pairs, tables = _training_pairs(corpus_dir)
     options = {"min_pixels": config.chat_pixels, "max_pixels": config.chat_pixels,
-              "after_step": ThreadsWhenFree(free_flag, config.parallel)}
+              "after_step": ThreadsFromStep(config.threads_from_step, config.parallel)}
     captioned, caption_losses = recipes.train_chat_model(init, recipes.caption_examples(pairs), config.chat, corpus_dir,
                                                     out.parent / "chat_captioned", seed=config.seed, **options)
     caption_seconds = time.perf_counter() - started
@@ -183,8 +189,7 @@ def judge_quality(folder: Path, corpus_dir: Path, tables, config: DemoModelsConf
             "per_subset": per_subset}
 
 
-def train_off_the_shelf_embedder(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path,
-                                 free_flag: Path) -> dict:
+def train_off_the_shelf_embedder(config: DemoModelsConfig, corpus_dir: Path, init: Path, out: Path) -> dict:
     """InfoNCE with in-batch negatives from random init; Precision@1 on the demo eval."""
     import torch
 
@@ -198,7 +203,6 @@ def train_off_the_shelf_embedder(config: DemoModelsConfig, corpus_dir: Path, ini
     trainer.embedder.processor.save_pretrained(out)
     seconds = time.perf_counter() - started
     quality = embedder_quality(out, corpus_dir, tables)
-    free_flag.touch()
     return {"seconds": {"train": seconds}, "losses": [trainer.losses[0], trainer.losses[-1]],
             "precision_at_1": quality}
 
@@ -246,11 +250,11 @@ def _build(config: DemoModelsConfig, corpus_dir: Path, out: Path, log) -> None:
             "embedder": (train_off_the_shelf_embedder, inits["embedder"], scratch / "embedder")}
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, config.parallel), mp_context=get_context("spawn")) as pool:
-        futures = {role: pool.submit(job, config, corpus_dir, init, folder, scratch / "embedder.done")
+        futures = {role: pool.submit(job, config, corpus_dir, init, folder)
                    for role, (job, init, folder) in jobs.items()}
         results = {role: future.result() for role, future in futures.items()}
-    for leftover in [*inits.values(), scratch / "embedder.done"]:
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    for leftover in inits.values():
+        shutil.rmtree(leftover)
     manifest = {"key": key, "recipe": asdict(config), "seconds": time.perf_counter() - started, "results": results}
     for role in ROLES:
         (scratch / role / "README.md").write_text(model_card(role, config, results[role], key))
