@@ -284,3 +284,29 @@ def test_no_stage_imports_the_runner():
                  and name != "unime.pipeline.runner"
                  for imp in imports_of(name, path, set(modules)) if imp.target == "unime.pipeline.runner"]
     assert not importers, importers
+
+
+def outside_imports(root: Path = ROOT) -> list[str]:
+    """``file:line: module`` for every import in ``unime/`` of a top-level package the wheel
+    does not ship (``experiments``, ``tests``, ``bench``, ``tools``)."""
+    found = []
+    for path in sorted((root / "unime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            found += [f"{path.relative_to(root)}:{node.lineno}: {name}" for name in names
+                      if name.split(".")[0] in ("experiments", "tests", "bench", "tools")]
+    return found
+
+
+def test_the_package_imports_nothing_the_wheel_leaves_out(tmp_path):
+    """The wheel holds ``unime*`` only (pyproject); the method experiment and the test helpers
+    live beside it, so nothing in ``unime/`` may import them."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["packages"]["find"]["include"] == ["unime*"]
+    assert not outside_imports(), outside_imports()
+    (tmp_path / "unime").mkdir()
+    (tmp_path / "unime" / "x.py").write_text("def f():\n    from experiments.method_effect import run\n")
+    assert outside_imports(tmp_path) == ["unime/x.py:2: experiments.method_effect"]

@@ -110,3 +110,24 @@ def test_a_checkpoint_rebuilt_in_place_reruns_the_stages_that_read_it(tiny_dir, 
     assert after["judge"] != before["judge"]
     assert after["embed"]["version"] == before["embed"]["version"]
     assert checkpoints.checkpoint_version("Qwen/Qwen2-VL-2B-Instruct") == "hub:Qwen/Qwen2-VL-2B-Instruct"
+
+
+def test_an_eval_set_rewritten_in_place_reruns_the_evaluation(demo_dir, tiny_dir, tmp_path):
+    """The evaluate fingerprint lists the eval files (names, sizes, times), not only their
+    folder's path: the same files keep it, one file rewritten changes it."""
+    import shutil
+
+    from tests.helpers import mining_config
+    from unime.pipeline.runner import STAGES
+
+    eval_dir = tmp_path / "eval"
+    shutil.copytree(demo_dir / "eval", eval_dir)
+    config = mining_config(demo_dir, tiny_dir, tmp_path / "run", f"data.eval_dir={eval_dir}")
+    before = STAGES["evaluate"].fingerprint(config)
+    assert STAGES["evaluate"].fingerprint(config) == before
+    table = next(path for path in sorted(eval_dir.rglob("*")) if path.is_file())
+    table.write_bytes(table.read_bytes() + b"\n")
+    assert STAGES["evaluate"].fingerprint(config)["data_versions"] != before["data_versions"]
+    with pytest.raises(FileNotFoundError, match="evaluation data: no files under"):
+        STAGES["evaluate"].fingerprint(mining_config(demo_dir, tiny_dir, tmp_path / "run",
+                                                     f"data.eval_dir={tmp_path / 'absent'}"))

@@ -31,6 +31,7 @@ from unime.eval.harness import (
     top_k,
 )
 from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
+from unime.models.checkpoints import remote_listing
 from unime.models.recipes import get_recipe
 from unime.pipeline import manifest, train_embedder, train_reranker
 from unime.pipeline.common import actor_options, write_parquet
@@ -137,6 +138,14 @@ def models_evaluated(config: PipelineConfig) -> tuple[str, str]:
             manifest.trained_or(run_dir, train_reranker, config.eval.reranker, config.models.reranker, options))
 
 
+def data_version(path: str, options: dict | None) -> str:
+    """The version of an eval folder or file, local or on an object store."""
+    try:
+        return remote_listing(path, options)[1]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"evaluation data: no files under {path} (data.eval_dir / data.global_eval)") from None
+
+
 def fingerprint_payload(config: PipelineConfig) -> dict:
     data, options = config.data, config.data.storage_options
     embedder, reranker = models_evaluated(config)
@@ -145,6 +154,9 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
             "off_the_shelf": config.models.embedder,
             "versions": model_versions(config, embedder, reranker, config.models.embedder),
             "data": [data.eval_dir, data.global_eval],
+            # the eval files' names, sizes and modification times (or ETags): an eval set
+            # rewritten in place reruns the evaluation (the images they name are not listed)
+            "data_versions": [data_version(path, options) for path in (data.eval_dir, data.global_eval) if path],
             "trained": [u and u["fingerprint"] for u in trained],
             "inputs": [config.embedder_inputs(), config.reranker_inputs()]}
 
