@@ -207,7 +207,7 @@ def fine_tune(exp: Experiment, base: Path, arm: str, seed: int, records: list[di
     config, clock = exp.config, exp.clock
     trainer = clock.time(f"train {arm} seed {seed}", recipes.train_embedder, base, records,
                          me.arm_train_config(arm, config.embedder, seed), exp.paths["corpus"])
-    p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", me.evaluate, trainer.embedder, exp.tables,
+    p_at_1, row_scores = clock.time(f"evaluate {arm} seed {seed}", recipes.evaluate, trainer.embedder, exp.tables,
                                     exp.images, config.embed_batch)
     value = {"p_at_1": p_at_1, "losses": trainer.losses, "records": len(records)}
     if reranker is not None:
