@@ -197,3 +197,15 @@ def test_rerank_k_is_bounded_by_the_vllm_engines_images_per_prompt():
     assert load_config(None, ["eval.rerank_k=16", "serve.limits.max_rerank_k=20"])
     assert load_config(None, ["eval.rerank_backend=vllm", "eval.rerank_k=16", "eval.rerank_modes=[pairwise]"])
 
+
+
+def test_the_reranker_honours_lora_use_dora(tiny_dir):
+    """``train_reranker.lora.use_dora`` reaches PEFT: DoRA adds a magnitude vector per adapted
+    layer, plain LoRA none."""
+    def magnitudes(use_dora: bool) -> int:
+        config = RerankerTrainConfig(effective_batch_size=1, micro_batch_size=1,
+                                     lora=LoraConfig(r=4, alpha=8, dropout=0.0, use_dora=use_dora))
+        model = RerankerTrainer(str(tiny_dir / "reranker"), config, max_steps=1, device="cpu").model
+        return sum("lora_magnitude_vector" in name for name, _ in model.named_parameters())
+
+    assert magnitudes(True) > 0 and magnitudes(False) == 0

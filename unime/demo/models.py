@@ -19,7 +19,7 @@ held-out eval pairs, the embedder's Precision@1 on the demo eval). The build is 
 fingerprint of the recipe, the corpus and the code that trains and feeds the models: an
 unchanged key reuses the folder, a changed one rebuilds it. The two models train side by
 side in two processes, a CPU thread each (the chat model, which takes longest, takes both
-once the embedder is done). The random-init checkpoints of :mod:`unime.demo.tiny`
+from a fixed caption step, ``threads_from_step``, so that every build trains alike). The random-init checkpoints of :mod:`unime.demo.tiny`
 stay what unit tests use.
 """
 
@@ -40,7 +40,7 @@ from unime.demo import recipes
 from unime.demo.recipes import JudgeRecipe, PretrainRecipe
 
 # the code whose change changes what a build produces (paths relative to the package; the corpus's
-# manifest records its config, its renderer is demo_data.py)
+# manifest records its config, its renderer is demo/corpus.py)
 RECIPE_CODE = ("demo/models.py", "demo/corpus.py", "demo/recipes.py", "train", "losses.py", "demo/tiny.py",
                "models/embedder.py", "models/loading.py", "models/processor.py", "models/recipes.py", "prompts.py", "judge/prompts.py", "judge/hf.py", "rerank/encoding.py", "rerank/prompts.py",
                "data/images.py", "data/ordering.py", "eval/harness.py", "eval/metrics.py")

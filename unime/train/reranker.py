@@ -91,7 +91,7 @@ class RerankerTrainer(TrainerBase):
                                  max_model_len=max_model_len)
         self.processor = self.inputs.processor
         self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
-        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout,
+        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.use_dora,
                                full_finetune=train.full_finetune)
         if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
             self.model.model.visual.requires_grad_(False)
