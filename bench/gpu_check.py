@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of cards this may run on.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
@@ -192,6 +193,12 @@ def collate(torch, items: list[dict], device, one_d_positions: bool) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def adapters(**fields):
+    """The fields of a unime.config.LoraConfig, without importing the config (it needs pyarrow,
+    which a lent GPU machine may not have)."""
+    return SimpleNamespace(**fields)
+
+
 def random_model(run: Run, config_class, text: dict, vision: dict):
     """A random-init image-text model of these shapes on the run's device (no download)."""
     from transformers import AutoModelForImageTextToText
@@ -209,7 +216,8 @@ def embedder_model(run: Run, shapes: Shapes, dropout: float):
     from unime.train.base import apply_lora
 
     model = random_model(run, Qwen2VLConfig, shapes.embedder_text, shapes.embedder_vision)
-    apply_lora(model, r=shapes.lora["embedder"], alpha=4 * shapes.lora["embedder"], dropout=dropout, use_dora=True)
+    rank = shapes.lora["embedder"]
+    apply_lora(model, adapters(r=rank, alpha=4 * rank, dropout=dropout, use_dora=True))
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
     return model.train()
@@ -325,7 +333,8 @@ def reranker_model(run: Run, shapes: Shapes, checkpointing: bool):
     from unime.train.base import apply_lora
 
     model = random_model(run, Qwen2_5_VLConfig, shapes.reranker_text, shapes.reranker_vision)
-    apply_lora(model, r=shapes.lora["reranker"], alpha=2 * shapes.lora["reranker"], dropout=0.05)
+    rank = shapes.lora["reranker"]
+    apply_lora(model, adapters(r=rank, alpha=2 * rank, dropout=0.05, use_dora=False))
     model.model.visual.requires_grad_(False)
     if checkpointing:
         model.gradient_checkpointing_enable()

@@ -286,6 +286,21 @@ def test_no_stage_imports_the_runner():
     assert not importers, importers
 
 
+# the pipeline modules that are the demo's own: the runner's demo set-up and the demo's checks
+DEMO_AWARE = ("unime.pipeline.runner", "unime.pipeline.demo_checks")
+
+
+def test_stages_find_the_demo_by_name_not_by_import():
+    """A stage reaches the demo's eval groups and label judge through the registry's names; no
+    stage module imports ``unime.demo`` (even inside a function)."""
+    modules = all_modules()
+    importers = [f"{name}:{imp.line}" for name, path in modules.items() if name.startswith("unime.pipeline.")
+                 and name not in DEMO_AWARE
+                 for imp in imports_of(name, path, set(modules))
+                 if imp.target == "unime.demo" or imp.target.startswith("unime.demo.")]
+    assert not importers, importers
+
+
 def outside_imports(root: Path = ROOT) -> list[str]:
     """``file:line: module`` for every import in ``unime/`` of a top-level package the wheel
     does not ship (``experiments``, ``tests``, ``bench``, ``tools``)."""

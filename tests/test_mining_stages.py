@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.faults import judge_failing_after
 from tests.helpers import STAGES, load_script, mining_config, mining_overrides, run_all
 from unime.data import read_mined
 from unime.data.mined import dumps
@@ -100,18 +101,19 @@ def test_embed_deduplicates_shared_candidates(mined_run):
     assert set(ids) == set(pairs["query_id"].to_pylist()) | set(pairs["pos_id"].to_pylist())
 
 
-def test_killed_judge_resumes_without_rescoring(ray_cluster, demo_dir, tiny_dir, tmp_path, mined_run):
+def test_killed_judge_resumes_without_rescoring(ray_cluster, demo_dir, tiny_dir, tmp_path, mined_run, monkeypatch):
     reference_config, _ = mined_run
-    config = mining_config(demo_dir, tiny_dir, tmp_path / "crash", "faults.judge_fail_after_shards=2")
+    config = mining_config(demo_dir, tiny_dir, tmp_path / "crash")
     for _name, stage in STAGES[:3]:
         stage(config)
-    with pytest.raises(Exception, match="injected judge failure after 2 shards"):
-        judge.run(config)
+    with monkeypatch.context() as patched:
+        patched.setattr(judge, "JudgeShards", judge_failing_after(2))
+        with pytest.raises(Exception, match="injected judge failure after 2 shards"):
+            judge.run(config)
     committed = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "crash/judge/scores").iterdir()}
     assert sorted(committed) == ["shard-00000.parquet", "shard-00001.parquet"]
     assert manifest.read_manifest(config.run_dir, "judge") is None
 
-    config.faults.judge_fail_after_shards = None
     resumed = judge.run(config)
     assert resumed["rows"]["shards_reused"] == 2
     assert resumed["rows"]["shards_scored_this_run"] == resumed["rows"]["shards"] - 2

@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cluster import launcher_node_types, load_yaml, local_autoscaling_config, local_node_types
+from tests.faults import judge_holding_after, loop_holding_after
 from tests.helpers import ROOT, STAGES, free_port, mining_config
 from unime.pipeline import judge, mine, train_embedder
+from unime.train.embedder import EmbedderTrainer, train_loop_per_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 IDLE_TIMEOUT_S = 5
@@ -164,8 +166,10 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.05)
         time.sleep(interval_s)
 
 
-def test_judge_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_dir, tmp_path):
+def test_judge_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_dir, tmp_path, monkeypatch):
     reference, _ = fixed_run
+    release = tmp_path / "node-gone"  # the first actor pauses after two shards until then
+    monkeypatch.setattr(judge, "JudgeShards", judge_holding_after(2, release))
     with FixedCluster(node_types, "cpu-worker", "judge-gpu") as cluster:
         config = mining_config(demo_dir, tiny_dir, tmp_path, *PLACEMENT)
         for _name, stage in STAGES[:3]:
@@ -176,6 +180,7 @@ def test_judge_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_di
         cluster.add("judge-gpu")  # where the judge actor can restart
         cluster.cluster.remove_node(cluster.nodes[1])
         committed_at_loss = len(list(scores.glob("*.parquet")))
+        release.touch()
         thread.join(600)
         assert "error" not in outcome, outcome.get("error")
         judged = outcome["result"]["rows"]
@@ -188,10 +193,13 @@ def test_judge_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_di
     assert rerun == undisturbed
 
 
-def test_training_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_dir, tmp_path):
+def test_training_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny_dir, tmp_path, monkeypatch):
     reference, _ = fixed_run
     for stage in ("ingest", "embed", "retrieve", "judge", "mine"):
         shutil.copytree(reference / stage, tmp_path / stage)
+    release = tmp_path / "node-gone"  # the first worker pauses after its step-5 checkpoint until then
+    monkeypatch.setattr(train_embedder, "train_loop_per_worker",
+                        loop_holding_after(train_loop_per_worker, EmbedderTrainer, 5, release))
     with FixedCluster(node_types, "cpu-worker", "train-gpu") as cluster:
         config = mining_config(demo_dir, tiny_dir, tmp_path, *PLACEMENT, *TRAIN)
         thread, outcome = run_in_thread(train_embedder.run, config)
@@ -199,6 +207,7 @@ def test_training_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny
         wait_until(lambda: any(checkpoints.rglob("checkpoint_*")), 300, "a training checkpoint")
         cluster.add("train-gpu")
         cluster.cluster.remove_node(cluster.nodes[1])
+        release.touch()
         thread.join(600)
         assert "error" not in outcome, outcome.get("error")
     final = max((json.loads(p.read_text()) for p in checkpoints.rglob("progress.json")), key=lambda p: p["step"])

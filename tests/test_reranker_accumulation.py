@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tests.faults import fail_after_step
 from unime.config import LoraConfig, OptimConfig, RerankerTrainConfig
 from unime.losses import IGNORE_INDEX
 from unime.train.reranker import RerankerTrainer, reranker_examples
@@ -218,16 +219,19 @@ def test_a_resumed_run_with_accumulation_continues_the_uninterrupted_one(tiny_di
     loop_config = {"model": str(tiny_dir / "reranker"), "train": asdict(config(dropout=0.3)), "max_steps": 5,
                    "checkpoint_every": 3, "trainer_kwargs": {"device": "cpu", "image_root": str(demo_dir), "seed": 0}}
     runs = {}
-    for name, fail_after_step in (("uninterrupted", None), ("interrupted", 4)):
+    for name, fail_after in (("uninterrupted", None), ("interrupted", 4)):
         storage = tmp_path / name
         storage.mkdir()
         ray_train = FakeRayTrain(rows, storage)
         ray_train.install(monkeypatch)
-        if fail_after_step is not None:
-            with pytest.raises(RuntimeError, match="injected training failure after step 4"):
-                train_loop_per_worker(loop_config | {"fail_after_step": fail_after_step})
+        if fail_after is not None:
+            with monkeypatch.context() as patched:
+                patched.setattr(RerankerTrainer, "step", RerankerTrainer.step)  # restored on exit
+                fail_after_step(RerankerTrainer, fail_after)
+                with pytest.raises(RuntimeError, match="injected training failure after step 4"):
+                    train_loop_per_worker(loop_config)
             assert [m["step"] for m in ray_train.reported] == [3]
-        train_loop_per_worker(loop_config | {"fail_after_step": fail_after_step})
+        train_loop_per_worker(loop_config)
         runs[name] = ray_train, final_checkpoint(storage, 5)
     (uninterrupted, (progress, weights)), (interrupted, (resumed_progress, resumed_weights)) = \
         runs["uninterrupted"], runs["interrupted"]

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.faults import loop_failing_after
 from tests.helpers import mining_config
 from unime.pipeline import mine, train_embedder
-from unime.train.embedder import EmbedderTrainer, training_examples
+from unime.train.embedder import EmbedderTrainer, train_loop_per_worker, training_examples
 
 pytestmark = pytest.mark.integration
 TRAIN = ["train_embedder.placement.num_workers=1", "train_embedder.placement.use_gpu=false", "train_embedder.placement.cpus_per_worker=0.5",
@@ -75,7 +76,7 @@ def uninterrupted_progress(demo_dir, tiny_dir, mined, tmp_path_factory):
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, uninterrupted_progress, tmp_path,
-                                                   storage, request):
+                                                   storage, request, monkeypatch):
     steps, reference = RESUME_STEPS, uninterrupted_progress
     run_dir = tmp_path / "faulty"
     extra = []
@@ -86,10 +87,11 @@ def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, un
 
         fsspec.filesystem("s3", **options).put(str(run_dir) + "/", "unime-test/train-run/", recursive=True)
         extra = [f"data.storage_options.{k}={v}" for k, v in options.items()]
-        config = mining_config(demo_dir, tiny_dir, "s3://unime-test/train-run", *TRAIN, *steps, *extra,
-                               "faults.train_fail_after_step=3")
+        config = mining_config(demo_dir, tiny_dir, "s3://unime-test/train-run", *TRAIN, *steps, *extra)
     else:
-        config = train_config(demo_dir, tiny_dir, mined, run_dir, *steps, "faults.train_fail_after_step=3")
+        config = train_config(demo_dir, tiny_dir, mined, run_dir, *steps)
+    monkeypatch.setattr(train_embedder, "train_loop_per_worker",
+                        loop_failing_after(train_loop_per_worker, EmbedderTrainer, 3))
     resumed = _final_progress(config)
     # the worker died after step 3; the restarted group resumed from the step-2 checkpoint
     assert reference["resumed_at"] == [] and resumed["resumed_at"] == [2]

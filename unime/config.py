@@ -302,14 +302,6 @@ class ServeConfig:
 
 
 @dataclass
-class FaultInjection:
-    """Deliberate failures for recovery tests and drills; all off by default."""
-
-    judge_fail_after_shards: int | None = None
-    train_fail_after_step: int | None = None
-
-
-@dataclass
 class MiningConfig:
     """Global retrieval and hard-negative mining (docs/method.md sections 2 and 4)."""
 
@@ -493,7 +485,6 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
-    faults: FaultInjection = field(default_factory=FaultInjection)
 
     def __post_init__(self):
         # a vLLM engine admits a fixed number of images per prompt; a listwise prompt holds the

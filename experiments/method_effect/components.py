@@ -283,16 +283,11 @@ def filter_statistics(pools: pa.Table, scores: pa.Table, items: pa.Table, truth,
 
 def rerank_precision(reranker, tables: dict[str, pa.Table], scores: dict[str, list[np.ndarray]], images,
                      k: int, mode: str) -> dict[str, float]:
-    """P@1 after the reranker reorders each row's embedder top-``k``."""
-    from unime.eval.harness import top_k
+    """P@1 after the reranker reorders each row's embedder top-``k``: the evaluate stage's own
+    rows (:func:`unime.pipeline.evaluate.rerank_rows`) and outcomes, in process."""
+    from unime.pipeline.evaluate import rerank_outcomes, rerank_rows
 
-    result = {}
-    for name, table in tables.items():
-        hits = 0
-        for row, row_score in zip(table.to_pylist(), scores[name]):
-            chosen = top_k(row_score, k)
-            candidates = [(row["tgt_text"][j], images.get(row["tgt_img_path"][j])) for j in chosen]
-            ranking = reranker.rank((row["qry_text"], images.get(row["qry_img_path"])), candidates, mode)
-            hits += int(chosen[ranking.order[0]] == 0)
-        result[name] = 100.0 * hits / max(1, table.num_rows)
-    return result
+    rows = rerank_rows(tables, scores, k).to_pylist()
+    hits = rerank_outcomes(reranker, images, rows, [mode])[f"{mode}_hit"]
+    return {name: 100.0 * sum(hit for row, hit in zip(rows, hits) if row["dataset"] == name) / max(1, table.num_rows)
+            for name, table in tables.items()}

@@ -222,12 +222,16 @@ def judge_auc(scores: np.ndarray, pairs: list[tuple[str, str, str, str]], truth)
 
 
 def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np.ndarray:
-    """L2-normalised embeddings of ``(text, image path)`` items, similar lengths batched together."""
+    """L2-normalised embeddings of ``(text, image path)`` items, batched in the embed stage's
+    order (:func:`unime.data.ordering.by_input_length`: similar lengths together)."""
     import torch
 
+    from unime.data.ordering import by_input_length
     from unime.models import EmbedItem
 
-    order = sorted(range(len(items)), key=lambda k: (bool(items[k][1]), len(items[k][0])))
+    keyed = pa.table({"id": [f"{k:09d}" for k in range(len(items))], "text": [text for text, _ in items],
+                      "image": [image for _, image in items]})
+    order = [int(key) for key in by_input_length(keyed)["id"].to_pylist()]
     vectors = None
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):

@@ -33,7 +33,7 @@ from unime.eval.harness import (
 from unime.eval.mmeb import COLUMNS, aggregate, summary_markdown
 from unime.models.checkpoints import remote_listing
 from unime.models.recipes import get_recipe
-from unime.pipeline import manifest, train_embedder, train_reranker
+from unime.pipeline import manifest, registry, train_embedder, train_reranker
 from unime.pipeline.common import actor_options, write_parquet
 from unime.pipeline.embed import embed_items
 from unime.pipeline.retrieve import EmbeddingStore
@@ -64,19 +64,27 @@ class RerankBatch:
                                  prepare=self.reranker.prepare_image)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = {f"{mode}_{key}": [] for mode in self.modes for key in ("parsed", "hit", "error")}
-        for row in batch.to_pylist():
-            query = (row["qry_text"], self.images.get(row["qry_img_path"]))
-            candidates = [(t, self.images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
-            contents = list(zip(row["cand_texts"], row["cand_images"]))
-            positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
-            for mode in self.modes:
-                ranking, error = self.reranker.rank_or_refusal(query, candidates, mode)
-                out[f"{mode}_error"].append(error)
-                out[f"{mode}_parsed"].append(bool(ranking and ranking.parsed))
-                out[f"{mode}_hit"].append(ranking is not None and reranked_hit(
-                    ranking.order, ranking.parsed, contents, (row["pos_text"], row["pos_image"]), positive_slot))
+        out = rerank_outcomes(self.reranker, self.images, batch.to_pylist(), self.modes)
         return pa.table({"dataset": batch["dataset"], "row_index": batch["row_index"], **out})
+
+
+def rerank_outcomes(reranker, images, rows: list[dict], modes: list[str]) -> dict[str, list]:
+    """Each :func:`rerank_rows` row reordered by ``reranker`` in every mode: ``{mode}_hit``
+    (the positive first, :func:`unime.eval.harness.reranked_hit`), ``{mode}_parsed`` and
+    ``{mode}_error`` (the refusal's reason, or ""). ``images`` maps a path to a PIL image."""
+    out = {f"{mode}_{key}": [] for mode in modes for key in ("parsed", "hit", "error")}
+    for row in rows:
+        query = (row["qry_text"], images.get(row["qry_img_path"]))
+        candidates = [(t, images.get(i)) for t, i in zip(row["cand_texts"], row["cand_images"])]
+        contents = list(zip(row["cand_texts"], row["cand_images"]))
+        positive_slot = row["cand_index"].index(0) if 0 in row["cand_index"] else None
+        for mode in modes:
+            ranking, error = reranker.rank_or_refusal(query, candidates, mode)
+            out[f"{mode}_error"].append(error)
+            out[f"{mode}_parsed"].append(bool(ranking and ranking.parsed))
+            out[f"{mode}_hit"].append(ranking is not None and reranked_hit(
+                ranking.order, ranking.parsed, contents, (row["pos_text"], row["pos_image"]), positive_slot))
+    return out
 
 
 def rerank_rows(tables: dict[str, pa.Table], scores: dict[str, list[np.ndarray]], k: int) -> pa.Table:
@@ -162,12 +170,9 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
 
 
 def build(context: Context) -> dict:
-    from unime.demo.corpus import EVAL_GROUPS
-    from unime.eval.mmeb import GROUPS
-
     config = context.config
     data, run_dir, options = config.data, config.run_dir, config.data.storage_options
-    groups = EVAL_GROUPS if config.eval.groups == "demo" else GROUPS
+    groups = registry.resolve(registry.EVAL_GROUPS, config.eval.groups, "eval.groups")
     embedder, reranker = context.payload["embedder"], context.payload["reranker"]
     tables, read = read_eval(data.eval_dir, config.eval.subsets, data.image_root, data.limits, options)
     global_rows = []

@@ -26,7 +26,7 @@ from unime.data.images import ImageCache, ImageLimits
 from unime.data.storage import exists, filesystem, join, read_bytes, write_bytes
 from unime.judge import Judge, PromptTooLongError, build_judge_messages, make_judge
 from unime.monitoring import record
-from unime.pipeline import embed, ingest, retrieve
+from unime.pipeline import embed, ingest, registry, retrieve
 from unime.pipeline.common import actor_options, read_parquet_dir, write_parquet
 from unime.pipeline.stage import Context, Stage, model_versions, run_stage
 
@@ -57,12 +57,10 @@ def judge_requests(pools: pa.Table, items: pa.Table) -> pa.Table:
 def make_stage_judge(backend: str, model: str, **options):
     """The judge stage's backend by name: the library's MLLM judges (:func:`unime.judge.make_judge`)
     or ``label``, the demo corpus's ground truth (``model``: the corpus folder)."""
-    if backend == "label":
-        # demo scaffolding, imported only when asked for: the judge library knows nothing of
-        # the demo corpus, and an MLLM run never loads it
-        from unime.demo.label_judge import LabelJudge
-
-        return LabelJudge(model, storage_options=options.get("storage_options"))
+    if backend in registry.STAGE_JUDGES:
+        # the judge library knows nothing of the demo corpus: the stage finds it by name
+        judge_class = registry.resolve(registry.STAGE_JUDGES, backend, "judge.backend")
+        return judge_class(model, storage_options=options.get("storage_options"))
     return make_judge(backend, model, **options)
 
 
@@ -80,7 +78,7 @@ class JudgeShards:
 
     def __init__(self, backend: str, model: str, dtype: str, device: str, judge_options: dict, run_dir: str,
                  image_root: str, limits: dict, storage_options: dict, queries_per_call: int,
-                 hf_batch_size: int, fail_after_shards: int | None = None, image_cache_mib: int = 2048):
+                 hf_batch_size: int, image_cache_mib: int = 2048):
         self.judge: Judge = make_stage_judge(backend, model, dtype=dtype, device=device,
                                              storage_options=storage_options, batch_size=hf_batch_size, **judge_options)
         self.judge.warm_up()
@@ -89,7 +87,7 @@ class JudgeShards:
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
                                  prepare=self.judge.prepare_image)
         self.queries_per_call = queries_per_call
-        self.fail_after_shards, self.shards_started, self.in_flight = fail_after_shards, 0, 0
+        self.in_flight = 0  # shards being scored (the tests' failure drill waits on it)
 
     def build_chats(self, rows: list[dict]) -> tuple[list, list[str], list[str]]:
         """The judge's inputs: chats with decoded images, or path tuples for a judge that
@@ -127,11 +125,6 @@ class JudgeShards:
         return pa.table({"query_id": query_ids, "candidate_id": candidate_ids, "score": values}, schema=SCORES)
 
     async def judge_shard(self, shard: int) -> tuple[int, float, float]:
-        if self.fail_after_shards is not None and self.shards_started >= self.fail_after_shards:
-            while self.in_flight:  # let the shards already started commit, so the drill is exact
-                await asyncio.sleep(0.05)
-            raise RuntimeError(f"injected judge failure after {self.shards_started} shards (faults config)")
-        self.shards_started += 1
         self.in_flight += 1
         try:
             started = time.time()
@@ -207,7 +200,7 @@ def build(context: Context) -> dict:
             "run_dir": run_dir, "image_root": data.image_root, "limits": asdict(data.limits),
             "image_cache_mib": data.image_cache_mib,
             "storage_options": options, "queries_per_call": judge.queries_per_call,
-            "hf_batch_size": judge.hf_batch_size, "fail_after_shards": config.faults.judge_fail_after_shards,
+            "hf_batch_size": judge.hf_batch_size,
         }, **actor_options(judge.actors)).take_all()
     missing = [s for s in range(shards) if not exists(shard_path(run_dir, "scores", s), options)]
     if missing:

@@ -28,7 +28,7 @@ STAGE = "train_embedder"
 def make_trainer(config: PipelineConfig, dataset, name: str = "embedder"):
     train, models, data = config.train_embedder, config.models, config.data
     loop_config = {
-        "model": models.embedder, "train": asdict(train), "fail_after_step": config.faults.train_fail_after_step,
+        "model": models.embedder, "train": asdict(train),
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.placement.use_gpu else "cpu",
                            **config.embedder_inputs(),
                            "image_root": data.image_root, "limits": asdict(data.limits),

@@ -51,7 +51,7 @@ def make_trainer(config: PipelineConfig, table, name: str = "reranker"):
     max_steps = min(max_steps, train.max_steps or max_steps)
     loop_config = {
         "model": models.reranker, "train": asdict(train), "max_steps": max_steps,
-        "checkpoint_every": train.checkpoint_every, "fail_after_step": config.faults.train_fail_after_step,
+        "checkpoint_every": train.checkpoint_every,
         "trainer_kwargs": {"dtype": models.dtype, "device": "cuda" if train.placement.use_gpu else "cpu",
                            "image_root": data.image_root, "limits": asdict(data.limits),
                            "image_cache_mib": data.image_cache_mib,

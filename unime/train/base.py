@@ -9,25 +9,31 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from unime.monitoring import record
 
+if TYPE_CHECKING:
+    from unime.config import LoraConfig
+
 # The language model's attention and MLP projections (not the vision tower's, which share names).
 LM_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
-def apply_lora(model, r: int, alpha: int, dropout: float, use_dora: bool = False, full_finetune: bool = False):
-    """LoRA/DoRA (PEFT) on the LM projections, vision tower frozen; or unfreeze everything."""
+def apply_lora(model, lora: LoraConfig, full_finetune: bool = False):
+    """LoRA/DoRA (PEFT) on the LM projections, vision tower frozen; or unfreeze everything.
+    ``lora``: a :class:`unime.config.LoraConfig`, or anything with its four fields (the GPU
+    check builds one without importing the config, which needs pyarrow)."""
     if full_finetune:
         model.requires_grad_(True)
         return None
-    from peft import LoraConfig, get_peft_model
+    import peft
 
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=use_dora,
-                      target_modules=LM_PROJECTIONS, bias="none")
-    return get_peft_model(model, lora)  # injects the adapters into ``model`` in place
+    adapters = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
+                               target_modules=LM_PROJECTIONS, bias="none")
+    return peft.get_peft_model(model, adapters)  # injects the adapters into ``model`` in place
 
 
 class TrainerBase:
@@ -99,8 +105,7 @@ class TrainerBase:
         self.skipped_examples = progress.get("skipped_examples", 0)
 
 
-def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, checkpoint_every: int,
-                    fail_after_step: int | None = None) -> None:
+def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, checkpoint_every: int) -> None:
     """The Ray Train worker loop: resume, iterate the worker's shard, checkpoint, stop.
 
     ``batch_size`` rows make one ``trainer.step``; epochs repeat the shard until
@@ -110,8 +115,7 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
 
     context = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
-    resumed = checkpoint is not None
-    if resumed:
+    if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state(folder)
         trainer.resumed_at.append(trainer.step_count)
@@ -125,8 +129,6 @@ def run_worker_loop(trainer: TrainerBase, max_steps: int, batch_size: int, check
             started = time.perf_counter()
             loss = trainer.step(batch)
             _record_step(model, loss, batch_size * world / (time.perf_counter() - started), progress)
-            if fail_after_step is not None and not resumed and trainer.step_count == fail_after_step:
-                raise RuntimeError(f"injected training failure after step {fail_after_step} (faults config)")
             if trainer.step_count % checkpoint_every == 0 or trainer.step_count == max_steps:
                 report(trainer, context.get_world_rank(), loss)
             if trainer.step_count >= max_steps:

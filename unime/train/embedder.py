@@ -62,8 +62,7 @@ class EmbedderTrainer(TrainerBase):
                                  input_format=input_format, image_resolution=image_resolution, use="train_embedder",
                                  storage_options=storage_options)
         self.model = self.embedder.model.train()
-        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.use_dora,
-                               train.full_finetune)
+        self.peft = apply_lora(self.model, train.lora, train.full_finetune)
         if train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
             self.model.enable_input_require_grads()
@@ -155,5 +154,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer = EmbedderTrainer(loop_config["model"], train, **loop_config["trainer_kwargs"])
     if ray.train.get_context().get_world_size() > 1:
         trainer.module = DistributedDataParallel(trainer.module, find_unused_parameters=train.full_finetune)
-    run_worker_loop(trainer, train.max_steps, train.queries_per_worker, train.checkpoint_every,
-                    loop_config.get("fail_after_step"))
+    run_worker_loop(trainer, train.max_steps, train.queries_per_worker, train.checkpoint_every)

@@ -91,8 +91,7 @@ class RerankerTrainer(TrainerBase):
                                  max_model_len=max_model_len)
         self.processor = self.inputs.processor
         self.choice_ids = list(yes_no_token_ids(self.processor.tokenizer)) if train.answer_loss == "yes_no" else None
-        self.peft = apply_lora(self.model, train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.use_dora,
-                               full_finetune=train.full_finetune)
+        self.peft = apply_lora(self.model, train.lora, full_finetune=train.full_finetune)
         if train.freeze_vision:  # LoRA or full fine-tuning of the language model only
             self.model.model.visual.requires_grad_(False)
         if train.gradient_checkpointing:
@@ -197,4 +196,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if world > 1:
         trainer.module = DistributedDataParallel(trainer.module)
     run_worker_loop(trainer, loop_config["max_steps"], train.effective_batch_size // world,
-                    loop_config.get("checkpoint_every", loop_config["max_steps"]), loop_config.get("fail_after_step"))
+                    loop_config.get("checkpoint_every", loop_config["max_steps"]))
