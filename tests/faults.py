@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
@@ -20,46 +20,51 @@ def _ship_by_value() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def judge_failing_after(shards: int):
-    """The judge stage's actor class, failing once ``shards`` shards have started: the shards
-    already in flight commit first, so exactly ``shards`` score files exist afterwards."""
+def judge_interrupted_after(shards: int, interrupt: Callable[[object], Awaitable[None]]):
+    """The judge stage's actor class, awaiting ``interrupt(actor)`` before each shard after its
+    first ``shards`` (a restarted actor counts from 0 again). The actor tracks the shards it
+    has in flight (``in_flight``), so an interruption can let them commit first."""
     from unime.pipeline.judge import JudgeShards
 
     _ship_by_value()
 
-    class FailingJudgeShards(JudgeShards):
-        started = 0
+    class InterruptedJudgeShards(JudgeShards):
+        started = in_flight = 0
 
         async def judge_shard(self, shard: int):
             if self.started >= shards:
-                while self.in_flight:
-                    await asyncio.sleep(0.05)
-                raise RuntimeError(f"injected judge failure after {self.started} shards")
+                await interrupt(self)
             self.started += 1
-            return await super().judge_shard(shard)
+            self.in_flight += 1
+            try:
+                return await super().judge_shard(shard)
+            finally:
+                self.in_flight -= 1
 
-    return FailingJudgeShards
+    return InterruptedJudgeShards
+
+
+def judge_failing_after(shards: int):
+    """Fails once ``shards`` shards have started; the shards in flight commit first, so exactly
+    ``shards`` score files exist afterwards."""
+
+    async def fail(actor) -> None:
+        while actor.in_flight:
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"injected judge failure after {shards} shards")
+
+    return judge_interrupted_after(shards, fail)
 
 
 def judge_holding_after(shards: int, release: Path):
-    """The judge stage's actor class, pausing before its shard ``shards + 1`` until the file
-    ``release`` exists: a test takes the actor's node away while the stage is surely mid-way.
-    A restarted actor (its own count from 0) finds the file and goes on."""
-    from unime.pipeline.judge import JudgeShards
+    """Pauses before shard ``shards + 1`` until the file ``release`` exists: a test takes the
+    actor's node away while the stage is surely mid-way."""
 
-    _ship_by_value()
+    async def hold(actor) -> None:
+        while not release.exists():
+            await asyncio.sleep(0.05)
 
-    class HeldJudgeShards(JudgeShards):
-        started = 0
-
-        async def judge_shard(self, shard: int):
-            if self.started >= shards:
-                while not release.exists():
-                    await asyncio.sleep(0.05)
-            self.started += 1
-            return await super().judge_shard(shard)
-
-    return HeldJudgeShards
+    return judge_interrupted_after(shards, hold)
 
 
 def fail_after_step(trainer_class: type, step: int) -> None:
@@ -89,32 +94,17 @@ def hold_after_step(trainer_class: type, step: int, release: Path) -> None:
     trainer_class.step = held_step
 
 
-def loop_holding_after(loop: Callable[[dict], None], trainer_class: type, step: int,
-                       release: Path) -> Callable[[dict], None]:
-    """A Ray Train worker loop that pauses after ``step`` on its first attempt until ``release``
-    exists; the restarted worker group (which finds a checkpoint) runs ``loop`` unchanged."""
+def on_first_attempt(loop: Callable[[dict], None], patch: Callable[[], None]) -> Callable[[dict], None]:
+    """A Ray Train worker loop that applies ``patch`` (:func:`fail_after_step`,
+    :func:`hold_after_step` with their arguments bound) before ``loop`` on its first attempt; the
+    restarted worker group, which finds a checkpoint, runs ``loop`` unchanged."""
     _ship_by_value()
 
-    def held_loop(loop_config: dict) -> None:
+    def first_attempt_loop(loop_config: dict) -> None:
         import ray.train
 
         if ray.train.get_checkpoint() is None:
-            hold_after_step(trainer_class, step, release)
+            patch()
         loop(loop_config)
 
-    return held_loop
-
-
-def loop_failing_after(loop: Callable[[dict], None], trainer_class: type, step: int) -> Callable[[dict], None]:
-    """A Ray Train worker loop that fails after ``step`` on its first attempt; the restarted
-    worker group (which finds a checkpoint) runs ``loop`` unchanged."""
-    _ship_by_value()
-
-    def failing_loop(loop_config: dict) -> None:
-        import ray.train
-
-        if ray.train.get_checkpoint() is None:
-            fail_after_step(trainer_class, step)
-        loop(loop_config)
-
-    return failing_loop
+    return first_attempt_loop

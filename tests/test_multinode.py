@@ -15,13 +15,14 @@ import shutil
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.cluster import launcher_node_types, load_yaml, local_autoscaling_config, local_node_types
-from tests.faults import judge_holding_after, loop_holding_after
+from tests.faults import hold_after_step, judge_holding_after, on_first_attempt
 from tests.helpers import ROOT, STAGES, free_port, mining_config
 from unime.pipeline import judge, mine, train_embedder
 from unime.train.embedder import EmbedderTrainer, train_loop_per_worker
@@ -199,7 +200,7 @@ def test_training_survives_losing_its_node(fixed_run, node_types, demo_dir, tiny
         shutil.copytree(reference / stage, tmp_path / stage)
     release = tmp_path / "node-gone"  # the first worker pauses after its step-5 checkpoint until then
     monkeypatch.setattr(train_embedder, "train_loop_per_worker",
-                        loop_holding_after(train_loop_per_worker, EmbedderTrainer, 5, release))
+                        on_first_attempt(train_loop_per_worker, partial(hold_after_step, EmbedderTrainer, 5, release)))
     with FixedCluster(node_types, "cpu-worker", "train-gpu") as cluster:
         config = mining_config(demo_dir, tiny_dir, tmp_path, *PLACEMENT, *TRAIN)
         thread, outcome = run_in_thread(train_embedder.run, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.faults import loop_failing_after
+from tests.faults import fail_after_step, on_first_attempt
 from tests.helpers import mining_config
 from unime.pipeline import mine, train_embedder
 from unime.train.embedder import EmbedderTrainer, train_loop_per_worker, training_examples
@@ -91,7 +92,7 @@ def test_killed_worker_resumes_from_its_checkpoint(demo_dir, tiny_dir, mined, un
     else:
         config = train_config(demo_dir, tiny_dir, mined, run_dir, *steps)
     monkeypatch.setattr(train_embedder, "train_loop_per_worker",
-                        loop_failing_after(train_loop_per_worker, EmbedderTrainer, 3))
+                        on_first_attempt(train_loop_per_worker, partial(fail_after_step, EmbedderTrainer, 3)))
     resumed = _final_progress(config)
     # the worker died after step 3; the restarted group resumed from the step-2 checkpoint
     assert reference["resumed_at"] == [] and resumed["resumed_at"] == [2]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -288,6 +289,6 @@ def rerank_precision(reranker, tables: dict[str, pa.Table], scores: dict[str, li
     from unime.pipeline.evaluate import rerank_outcomes, rerank_rows
 
     rows = rerank_rows(tables, scores, k).to_pylist()
-    hits = rerank_outcomes(reranker, images, rows, [mode])[f"{mode}_hit"]
-    return {name: 100.0 * sum(hit for row, hit in zip(rows, hits) if row["dataset"] == name) / max(1, table.num_rows)
-            for name, table in tables.items()}
+    hits = Counter(row["dataset"] for row, hit in zip(rows, rerank_outcomes(reranker, images, rows, [mode])[f"{mode}_hit"])
+                   if hit)
+    return {name: 100.0 * hits[name] / max(1, table.num_rows) for name, table in tables.items()}

@@ -222,16 +222,15 @@ def judge_auc(scores: np.ndarray, pairs: list[tuple[str, str, str, str]], truth)
 
 
 def embed(embedder, items: list[tuple[str, str]], images, batch_size: int) -> np.ndarray:
-    """L2-normalised embeddings of ``(text, image path)`` items, batched in the embed stage's
-    order (:func:`unime.data.ordering.by_input_length`: similar lengths together)."""
+    """L2-normalised embeddings of ``(text, image path)`` items, batched shortest first by the
+    embed stage's length estimate (:func:`unime.data.ordering.input_lengths`)."""
     import torch
 
-    from unime.data.ordering import by_input_length
+    from unime.data.ordering import input_lengths
     from unime.models import EmbedItem
 
-    keyed = pa.table({"id": [f"{k:09d}" for k in range(len(items))], "text": [text for text, _ in items],
-                      "image": [image for _, image in items]})
-    order = [int(key) for key in by_input_length(keyed)["id"].to_pylist()]
+    lengths = input_lengths(pa.table({"text": [t for t, _ in items], "image": [i for _, i in items]}))
+    order = np.argsort(lengths.to_numpy(), kind="stable").tolist()
     vectors = None
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):

@@ -87,7 +87,6 @@ class JudgeShards:
         self.images = ImageCache(image_root, ImageLimits(**limits), storage_options, image_cache_mib << 20,
                                  prepare=self.judge.prepare_image)
         self.queries_per_call = queries_per_call
-        self.in_flight = 0  # shards being scored (the tests' failure drill waits on it)
 
     def build_chats(self, rows: list[dict]) -> tuple[list, list[str], list[str]]:
         """The judge's inputs: chats with decoded images, or path tuples for a judge that
@@ -125,21 +124,17 @@ class JudgeShards:
         return pa.table({"query_id": query_ids, "candidate_id": candidate_ids, "score": values}, schema=SCORES)
 
     async def judge_shard(self, shard: int) -> tuple[int, float, float]:
-        self.in_flight += 1
+        started = time.time()
+        requests = await asyncio.to_thread(
+            read_parquet_dir, shard_path(self.run_dir, "requests", shard), self.storage_options)
         try:
-            started = time.time()
-            requests = await asyncio.to_thread(
-                read_parquet_dir, shard_path(self.run_dir, "requests", shard), self.storage_options)
-            try:
-                scores = await self.score_requests(requests)
-            except PromptTooLongError as exc:  # name the shard; judge.max_model_len is the knob
-                raise PromptTooLongError(f"{shard_path(self.run_dir, 'requests', shard)}: {exc}; raise "
-                                         "judge.max_model_len or lower judge.max_pixels") from exc
-            await asyncio.to_thread(write_parquet, scores, shard_path(self.run_dir, "scores", shard),
-                                    self.storage_options)
-            return scores.num_rows, started, time.time()
-        finally:
-            self.in_flight -= 1
+            scores = await self.score_requests(requests)
+        except PromptTooLongError as exc:  # name the shard; judge.max_model_len is the knob
+            raise PromptTooLongError(f"{shard_path(self.run_dir, 'requests', shard)}: {exc}; raise "
+                                     "judge.max_model_len or lower judge.max_pixels") from exc
+        await asyncio.to_thread(write_parquet, scores, shard_path(self.run_dir, "scores", shard),
+                                self.storage_options)
+        return scores.num_rows, started, time.time()
 
     async def __call__(self, batch: dict) -> dict:
         shards = batch["shard"].tolist()
