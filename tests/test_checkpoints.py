@@ -117,6 +117,8 @@ def test_an_eval_set_rewritten_in_place_reruns_the_evaluation(demo_dir, tiny_dir
     folder's path: the same files keep it, one file rewritten changes it."""
     import shutil
 
+    import pyarrow.parquet as pq
+
     from tests.helpers import mining_config
     from unime.pipeline.runner import STAGES
 
@@ -125,9 +127,58 @@ def test_an_eval_set_rewritten_in_place_reruns_the_evaluation(demo_dir, tiny_dir
     config = mining_config(demo_dir, tiny_dir, tmp_path / "run", f"data.eval_dir={eval_dir}")
     before = STAGES["evaluate"].fingerprint(config)
     assert STAGES["evaluate"].fingerprint(config) == before
-    table = next(path for path in sorted(eval_dir.rglob("*")) if path.is_file())
-    table.write_bytes(table.read_bytes() + b"\n")
+    table = next(path for path in sorted(eval_dir.rglob("*.parquet")))
+    pq.write_table(pq.read_table(table).slice(1), table)  # one row fewer, same path
     assert STAGES["evaluate"].fingerprint(config)["data_versions"] != before["data_versions"]
     with pytest.raises(FileNotFoundError, match="evaluation data: no files under"):
         STAGES["evaluate"].fingerprint(mining_config(demo_dir, tiny_dir, tmp_path / "run",
                                                      f"data.eval_dir={tmp_path / 'absent'}"))
+
+
+def test_an_eval_image_rewritten_in_place_reruns_the_evaluation(demo_dir, tiny_dir, tmp_path):
+    """The evaluate fingerprint versions the images the eval files name: one named image
+    rewritten changes it, an image no eval row names does not."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from tests.helpers import mining_config
+    from unime.pipeline.runner import STAGES
+
+    root = tmp_path / "corpus"
+    shutil.copytree(demo_dir, root)
+    config = mining_config(root, tiny_dir, tmp_path / "run", f"data.eval_dir={root}/eval",
+                           f"data.global_eval={root}/eval_global")
+    before = STAGES["evaluate"].fingerprint(config)["image_versions"]
+    named = set()  # every value of every image column of the eval files, read here with pyarrow
+    for file in [*(root / "eval").rglob("*.parquet"), *(root / "eval_global").rglob("*.parquet")]:
+        table = pq.read_table(file)
+        for column in (name for name in table.column_names if "img" in name or "image" in name):
+            for value in table.column(column).to_pylist():
+                named.update(value if isinstance(value, list) else [value])
+    named.discard("")
+    unnamed = next(path for path in sorted(root.rglob("*.png")) if str(path.relative_to(root)) not in named)
+    unnamed.write_bytes(unnamed.read_bytes() + b"\0")
+    assert STAGES["evaluate"].fingerprint(config)["image_versions"] == before
+    image = root / sorted(named)[0]
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert STAGES["evaluate"].fingerprint(config)["image_versions"] != before
+
+
+@pytest.mark.integration
+def test_files_on_s3_are_versioned_by_their_listing(s3_server):
+    import fsspec
+
+    from unime.data.storage import files_version
+
+    s3 = fsspec.filesystem("s3", **s3_server)
+    paths = [f"s3://unime-test/versioned/{name}" for name in ("a.png", "b.png")]
+    for path in paths:
+        s3.pipe(path, b"first")
+    before = files_version(paths, s3_server)
+    assert files_version(paths + paths[:1], s3_server) == before  # a path named twice counts once
+    s3.pipe(paths[1], b"second, longer")
+    s3.invalidate_cache()
+    after = files_version(paths, s3_server)
+    assert after != before
+    assert files_version([*paths, "s3://unime-test/versioned/gone.png"], s3_server) != after

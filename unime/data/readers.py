@@ -4,6 +4,7 @@ local or ``s3://``. Bad rows are quarantined with a reason; a corrupt file fails
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unime.data import schemas
-from unime.data.images import ImageChecker, ImageLimits
+from unime.data.images import ImageChecker, ImageError, ImageLimits, resolve_image
 from unime.data.records import (
     ROW,
     RowError,
@@ -151,6 +152,22 @@ def read_many(paths: list[str] | str, kind: str, image_root: str = "", limits: I
         for path in list_files(root, SUFFIXES, storage_options):
             result.extend(read_rows(path, kind, storage_options=storage_options, checker=checker))
     return result
+
+
+def named_images(paths: list[str] | str, kind: str, image_root: str = "", limits: ImageLimits | None = None,
+                 storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Where every image the rows under ``paths`` name lives (rows parsed, images not opened),
+    for a version of what a stage reads; a path that cannot be resolved is left to the
+    stage's own check, which quarantines its row."""
+    limits = limits or ImageLimits()
+    located = set()
+    for root in [paths] if isinstance(paths, str) else paths:
+        for path in list_files(root, SUFFIXES, storage_options):
+            for row in read_rows(path, kind, storage_options=storage_options, check_images=False).rows:
+                for _, image in image_fields(kind, row):
+                    with contextlib.suppress(ImageError):
+                        located.add(resolve_image(image, image_root, limits.allow_absolute_paths) if image else "")
+    return sorted(located - {""})
 
 
 def read_pairs(paths, image_root: str = "", limits: ImageLimits | None = None,

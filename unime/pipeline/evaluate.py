@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from unime.config import PipelineConfig, fingerprint_view
 from unime.data.images import ImageCache, ImageLimits
-from unime.data.readers import read_eval, read_many
-from unime.data.storage import join, write_bytes
+from unime.data.readers import named_images, read_eval, read_many
+from unime.data.storage import files_version, join, write_bytes
 from unime.eval.harness import (
     eval_items,
     global_items,
@@ -154,6 +154,15 @@ def data_version(path: str, options: dict | None) -> str:
         raise FileNotFoundError(f"evaluation data: no files under {path} (data.eval_dir / data.global_eval)") from None
 
 
+def eval_image_version(data) -> str:
+    """The version of every image the eval files and the global eval set name."""
+    limits, options = data.limits, data.storage_options
+    named = named_images(data.eval_dir, "eval", data.image_root, limits, options) if data.eval_dir else []
+    if data.global_eval:
+        named += named_images(data.global_eval, "global", data.image_root, limits, options)
+    return files_version(named, options)
+
+
 def fingerprint_payload(config: PipelineConfig) -> dict:
     data, options = config.data, config.data.storage_options
     embedder, reranker = models_evaluated(config)
@@ -162,9 +171,10 @@ def fingerprint_payload(config: PipelineConfig) -> dict:
             "off_the_shelf": config.models.embedder,
             "versions": model_versions(config, embedder, reranker, config.models.embedder),
             "data": [data.eval_dir, data.global_eval],
-            # the eval files' names, sizes and modification times (or ETags): an eval set
-            # rewritten in place reruns the evaluation (the images they name are not listed)
+            # the eval files' names, sizes and modification times (or ETags), and those of the
+            # images they name: an eval set or an image rewritten in place reruns the evaluation
             "data_versions": [data_version(path, options) for path in (data.eval_dir, data.global_eval) if path],
+            "image_versions": eval_image_version(data),
             "trained": [u and u["fingerprint"] for u in trained],
             "inputs": [config.embedder_inputs(), config.reranker_inputs()]}
 
