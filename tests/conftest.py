@@ -60,9 +60,10 @@ def ray_cluster(metrics_port):
     import ray
 
     if not ray.is_initialized():
-        # metrics exported every second (default 10 s), so tests read them soon after recording
+        # metrics exported every 5 s (default 10 s), so that a training stage's live gauges are
+        # exported while it runs; every Ray process reports at this interval all session long
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
-                 _system_config={"metrics_report_interval_ms": 1000})
+                 _system_config={"metrics_report_interval_ms": 5000})
     yield ray
     ray.shutdown()
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from unime.config import load_config
@@ -126,14 +127,15 @@ def read_metrics(port: int, wait_s: float = 30) -> dict[str, float]:
     return {series: float(value) for series, value in samples}
 
 
-def scrape_metrics(port: int, names: list[str], timeout_s: float = 30) -> dict[str, list[str]]:
-    """The series of each metric in ``names``, polling until all appear (the agent exports
-    every few seconds) or the timeout passes."""
+def scrape_metrics(port: int, names: list[str], timeout_s: float = 30,
+                   until: Callable[[list[str]], bool] = bool) -> dict[str, list[str]]:
+    """The series of each metric in ``names``, polling until ``until`` holds for every one's
+    series (by default: some appear; the agent exports every few seconds) or the timeout passes."""
     deadline = time.time() + timeout_s
     while True:
         samples = read_metrics(port)
         found = {name: [series for series in samples if series.startswith(name + "{")] for name in names}
-        if all(found.values()) or time.time() > deadline:
+        if all(until(series) for series in found.values()) or time.time() > deadline:
             return found
         time.sleep(1)
 

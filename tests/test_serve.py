@@ -183,7 +183,9 @@ def test_request_latency_reaches_the_metrics_endpoint(base_url, metrics_port):
     for route, payload in (("/v1/search", {"query": {"text": "a red circle"}, "top_k": 3}),
                            ("/v1/embeddings", {"input": [{"text": "a red circle"}]})):
         assert post(base_url, route, payload).status_code == 200
-    found = scrape_metrics(metrics_port, ["ray_unime_serve_request_seconds_count"])
+    found = scrape_metrics(metrics_port, ["ray_unime_serve_request_seconds_count"],
+                           until=lambda series: all(f'route="{route}"' in " ".join(series)
+                                                    for route in ("search", "embeddings")))
     routes = " ".join(found["ray_unime_serve_request_seconds_count"])
     assert 'route="search"' in routes and 'route="embeddings"' in routes, found
 
