@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from unime.data.ids import item_id
@@ -78,6 +79,15 @@ def _is_empty(text: str, image: str) -> bool:
     return not strip_image_placeholders(text) and not image
 
 
+def _require_query_and_positive(row: dict, error: Callable[[str, str], RowError]) -> None:
+    """A pair needs a query and a positive, each a text or an image; ``error`` builds the
+    row's error for the field at fault."""
+    if _is_empty(row["query_text"], row["query_image"]):
+        raise error("query_text", "empty query: no text and no image")
+    if _is_empty(row["pos_text"], row["pos_image"]):
+        raise error("pos_text", "empty positive: no text and no image")
+
+
 def normalise_pair(raw: Any, dataset: str) -> dict:
     """A training pair in UniME-V2 names, with content ids for the query and its positive."""
     if not isinstance(raw, dict):
@@ -85,10 +95,7 @@ def normalise_pair(raw: Any, dataset: str) -> dict:
     raw = {PAIR_ALIASES.get(k, k): v for k, v in raw.items()}
     row = {f: as_text(_required(raw, f), f) for f in ("query_text", "pos_text")}
     row.update({f: as_text(raw.get(f), f) for f in ("query_image", "pos_image")})
-    if _is_empty(row["query_text"], row["query_image"]):
-        raise RowError("query_text", "empty query: no text and no image")
-    if _is_empty(row["pos_text"], row["pos_image"]):
-        raise RowError("pos_text", "empty positive: no text and no image")
+    _require_query_and_positive(row, RowError)
     row["dataset"] = as_text(raw.get("dataset"), "dataset") or dataset
     row["query_id"] = item_id(row["query_text"], row["query_image"])
     row["pos_id"] = item_id(row["pos_text"], row["pos_image"])
@@ -143,10 +150,7 @@ def normalise_mined(raw: Any, expected_negatives: int | None = None) -> dict:
         raise RowError(ROW, f"expected an object, got {type(raw).__name__}")
     text = {f: _mined_text(_mined_field(raw, f), f) for f in ("query_text", "pos_text")}
     text.update({f: _mined_text(raw.get(f), f) for f in ("query_image", "pos_image")})
-    if _is_empty(text["query_text"], text["query_image"]):
-        raise _bad("query_text", "empty query: no text and no image")
-    if _is_empty(text["pos_text"], text["pos_image"]):
-        raise _bad("pos_text", "empty positive: no text and no image")
+    _require_query_and_positive(text, _bad)
     _unit_score(_mined_field(raw, "query_pos_scores"), "query_pos_scores")
     negatives, scores = _mined_field(raw, "hard_negatives"), _mined_field(raw, "hard_negatives_scores")
     if not isinstance(negatives, list):

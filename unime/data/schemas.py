@@ -2,6 +2,13 @@
 
 import pyarrow as pa
 
+# Where an input row came from: its dataset, its file and its row in that file.
+PROVENANCE = [
+    ("dataset", pa.string()),
+    ("source", pa.string()),
+    ("row_index", pa.int64()),
+]
+
 # A training pair (one row per query), in the UniME-V2 field names, with stable ids.
 PAIR = pa.schema([
     ("query_id", pa.string()),
@@ -10,9 +17,7 @@ PAIR = pa.schema([
     ("pos_id", pa.string()),
     ("pos_text", pa.string()),
     ("pos_image", pa.string()),
-    ("dataset", pa.string()),
-    ("source", pa.string()),
-    ("row_index", pa.int64()),
+    *PROVENANCE,
 ])
 
 # A mined record: the released UniME-V2 training format (docs/method.md section 1).
@@ -32,9 +37,7 @@ EVAL = pa.schema([
     ("qry_img_path", pa.string()),
     ("tgt_text", pa.list_(pa.string())),
     ("tgt_img_path", pa.list_(pa.string())),
-    ("dataset", pa.string()),
-    ("source", pa.string()),
-    ("row_index", pa.int64()),
+    *PROVENANCE,
 ])
 
 # One rejected input row, written beside a stage's output.
