@@ -164,10 +164,10 @@ def named_images(paths: list[str] | str, kind: str, image_root: str = "", limits
     for root in [paths] if isinstance(paths, str) else paths:
         for path in list_files(root, SUFFIXES, storage_options):
             for row in read_rows(path, kind, storage_options=storage_options, check_images=False).rows:
-                for _, image in image_fields(kind, row):
+                for image in (image for _, image in image_fields(kind, row) if image):
                     with contextlib.suppress(ImageError):
-                        located.add(resolve_image(image, image_root, limits.allow_absolute_paths) if image else "")
-    return sorted(located - {""})
+                        located.add(resolve_image(image, image_root, limits.allow_absolute_paths))
+    return sorted(located)
 
 
 def read_pairs(paths, image_root: str = "", limits: ImageLimits | None = None,

@@ -108,13 +108,25 @@ def list_files(path: str, suffixes: tuple[str, ...], storage_options: dict[str, 
     return [f"{protocol}://{p}" if protocol else p for p in found]
 
 
-def files_version(paths: list[str], storage_options: dict[str, Any] | None = None) -> str:
-    """One version of many files: a hash of each one's size and ETag or modification time
-    (``missing`` for a file that is not there), listing each folder once rather than asking
-    the store about every file, so thousands of images on S3 cost one request a folder."""
+def file_stamp(info: dict) -> tuple:
+    """What a listing entry says of a file's version: its size and its ETag, else its
+    modification time (S3's ``LastModified`` or a local ``mtime``)."""
+    return info.get("size"), str(info.get("ETag") or info.get("etag") or info.get("LastModified")
+                                 or info.get("mtime") or "")
+
+
+def listing_version(stamps: list) -> str:
+    """A short hash of per-file stamps (:func:`file_stamp`, with each file's name)."""
     import hashlib
     import json
 
+    return hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def files_version(paths: list[str], storage_options: dict[str, Any] | None = None) -> str:
+    """One version of many files (``missing`` for a file that is not there), listing each
+    folder once rather than asking the store about every file, so thousands of images on S3
+    cost one request a folder."""
     by_folder: dict[str, list[str]] = {}
     for path in sorted(set(paths)):
         by_folder.setdefault(posixpath.dirname(path), []).append(path)
@@ -127,9 +139,8 @@ def files_version(paths: list[str], storage_options: dict[str, Any] | None = Non
             listed = {}
         for path in members:
             info = listed.get(posixpath.basename(path))
-            stamps.append([path, "missing"] if info is None else [path, info.get("size"), str(
-                info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or "")])
-    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+            stamps.append([path, "missing"] if info is None else [path, *file_stamp(info)])
+    return listing_version(stamps)
 
 
 def write_bytes(path: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:

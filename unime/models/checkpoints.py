@@ -15,7 +15,6 @@ before) and removes the scratch folders of downloads that died.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from unime.data.storage import filesystem, is_remote
+from unime.data.storage import file_stamp, filesystem, is_remote, listing_version
 
 COMPLETE_MARKER = ".unime-complete"
 KEEP_VERSIONS = 2
@@ -39,10 +38,7 @@ def remote_listing(url: str, storage_options: dict | None = None) -> tuple[list[
     files = sorted((path, info) for path, info in fs.find(inner, detail=True).items() if info.get("type") != "directory")
     if not files:
         raise FileNotFoundError(f"no checkpoint files under {url}")
-    stamp = [(path[len(inner):].lstrip("/"), info.get("size"),
-              str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""))
-             for path, info in files]
-    return files, hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+    return files, listing_version([(path[len(inner):].lstrip("/"), *file_stamp(info)) for path, info in files])
 
 
 def checkpoint_version(name_or_path: str, storage_options: dict | None = None) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from unime.config import PipelineConfig, fingerprint_view
+from unime.config import DataConfig, PipelineConfig, fingerprint_view
 from unime.data.images import ImageCache, ImageLimits
 from unime.data.readers import named_images, read_eval, read_many
 from unime.data.storage import files_version, join, write_bytes
@@ -154,7 +154,7 @@ def data_version(path: str, options: dict | None) -> str:
         raise FileNotFoundError(f"evaluation data: no files under {path} (data.eval_dir / data.global_eval)") from None
 
 
-def eval_image_version(data) -> str:
+def eval_image_version(data: DataConfig) -> str:
     """The version of every image the eval files and the global eval set name."""
     limits, options = data.limits, data.storage_options
     named = named_images(data.eval_dir, "eval", data.image_root, limits, options) if data.eval_dir else []
